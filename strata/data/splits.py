@@ -1,0 +1,63 @@
+"""Seeded, stratified splits shared by every data set: which examples are held out for val/test,
+and which subset `[data] limit` keeps. They depend only on the labels and `split_seed`, never on
+the trainer's seed, so the held-out examples stay the same across runs and are never trained on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def stratified_order(y: np.ndarray | None, seed: int, n: int | None = None) -> np.ndarray:
+    """A seeded permutation of the indices in which every prefix has (nearly) the class proportions
+    of the whole: each example's rank within its class, over the class size, is its sort key.
+    With y=None (regression, unlabeled) it is a plain seeded permutation of range(n)."""
+    rng = np.random.default_rng(seed)
+    if y is None:
+        return rng.permutation(n)
+    y = np.asarray(y)
+    perm = rng.permutation(len(y))
+    yp = y[perm]
+    key = np.empty(len(y), dtype=np.float64)
+    for c in np.unique(yp):
+        at = np.flatnonzero(yp == c)
+        key[at] = (np.arange(len(at)) + rng.random()) / len(at)
+    return perm[np.argsort(key, kind="stable")]
+
+
+def is_classes(y: np.ndarray | None, max_classes: int = 1000) -> bool:
+    """Whether y looks like class labels (integers with few distinct values), worth stratifying on."""
+    return y is not None and np.issubdtype(np.asarray(y).dtype, np.integer) and len(np.unique(y)) <= max_classes
+
+
+def hold_out(y: np.ndarray | None, fraction: float, seed: int, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held) index arrays, `held` being round(fraction * N) examples, stratified on class labels."""
+    n = len(y) if y is not None else n
+    order = stratified_order(y if is_classes(y) else None, seed, n)
+    k = int(round(fraction * n))
+    return np.sort(order[k:]), np.sort(order[:k])
+
+
+def limit(index: np.ndarray, y: np.ndarray | None, count: int, seed: int) -> np.ndarray:
+    """At most `count` of `index` (0 = all), a seeded stratified subset, in ascending order."""
+    if count <= 0 or count >= len(index):
+        return index
+    sub = y[index] if y is not None and is_classes(y) else None
+    order = stratified_order(sub, seed + 1, len(index))
+    return np.sort(index[order[:count]])
+
+
+def train_val_test(y: np.ndarray | None, data_cfg, test_fraction: float | None, n: int | None = None):
+    """Index arrays (train, val, test) over one pool of examples: test carved first (when
+    test_fraction is given), then val from the rest with data_cfg.val_fraction, then data_cfg.limit
+    applied to what is left for training. val or test is None when its fraction is 0 / None."""
+    n = len(y) if y is not None else n
+    rest, test = np.arange(n), None
+    if test_fraction:
+        rest, test = hold_out(y, test_fraction, data_cfg.split_seed, n)
+    val = None
+    if data_cfg.val_fraction > 0:
+        keep, held = hold_out(None if y is None else y[rest], data_cfg.val_fraction, data_cfg.split_seed + 7919,
+                              len(rest))
+        rest, val = rest[keep], rest[held]
+    return limit(rest, y, data_cfg.limit, data_cfg.split_seed), val, test
