@@ -1,0 +1,268 @@
+"""The `strata` command: parse -> build config -> call the library. No logic of its own.
+
+Exit codes: 0 done; 2 bad input (usage, config, data, checkpoint); 130 / 143 interrupted after saving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        print(f"strata: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _positive_int(name):
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {v}")
+        return v
+
+    return parse
+
+
+def _positive_float(name):
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {v}")
+        return v
+
+    return parse
+
+
+def _top_p(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--top-p must be a number in (0, 1], got {text!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"--top-p must be in (0, 1], got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="strata", description="Define, train, evaluate, explain and use deep neural networks.")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model from a TOML run config")
+    t.add_argument("config", help="run config (TOML); see `strata recipes`")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (repeatable), e.g. --set trainer.max_epochs=3")
+    t.add_argument("--run-dir", help="run folder (default runs/<name>-<timestamp>)")
+    t.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last")
+    t.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best available)")
+    t.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+    e = sub.add_parser("evaluate", help="evaluate a trained run on its validation or test split")
+    e.add_argument("run_dir")
+    e.add_argument("--split", choices=["val", "test"], default="test")
+    e.add_argument("--device")
+    e.add_argument("--json", action="store_true")
+
+    pr = sub.add_parser("predict", help="use a trained run on inputs: image files, sentences, .wav files")
+    pr.add_argument("run_dir")
+    pr.add_argument("inputs", nargs="+")
+    pr.add_argument("--device")
+    pr.add_argument("--json", action="store_true")
+
+    g = sub.add_parser("generate", help="generate text or images from a trained generative run")
+    g.add_argument("run_dir")
+    g.add_argument("--prompt")
+    g.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"))
+    g.add_argument("--temperature", type=_positive_float("--temperature"))
+    g.add_argument("--top-k", type=_positive_int("--top-k"))
+    g.add_argument("--top-p", type=_top_p)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--n", type=_positive_int("--n"))
+    g.add_argument("--class", dest="class_", type=int)
+    g.add_argument("--steps", type=_positive_int("--steps"))
+    g.add_argument("--guidance", type=float)
+    g.add_argument("--interpolate", nargs=2, metavar=("A", "B"))
+    g.add_argument("--out")
+    g.add_argument("--out-dir")
+    g.add_argument("--device")
+    g.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("summary", help="layers, output shapes and parameter counts of a config's model")
+    s.add_argument("config")
+    s.add_argument("--set", dest="overrides", action="append", default=[])
+    s.add_argument("--json", action="store_true")
+
+    r = sub.add_parser("recipes", help="the shipped run configs with their measured results")
+    r.add_argument("--json", action="store_true")
+
+    d = sub.add_parser("datasets", help="list, verify or download data sets")
+    d.add_argument("action", choices=["list", "verify", "download"])
+    d.add_argument("name", nargs="?")
+    d.add_argument("--json", action="store_true")
+
+    q = sub.add_parser("quickstart", help="train a CNN on scikit-learn's digits, offline, in under a minute")
+    q.add_argument("--run-dir")
+    q.add_argument("--device")
+    q.add_argument("--json", action="store_true")
+    return p
+
+
+def _print(obj, as_json: bool, text: str | None = None):
+    if as_json:
+        print(json.dumps(obj, default=str))
+    else:
+        print(text if text is not None else json.dumps(obj, indent=1, default=str))
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_train(a) -> int:
+    from strata.api import train
+    from strata.train.progress import Progress
+
+    res = train(a.config, a.overrides, run_dir=a.run_dir, device=a.device, resume=a.resume,
+                progress=Progress(enabled=not a.json) if a.json else None)
+    if a.json:
+        _print(res.summary, True)
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from strata.evaluate import evaluate_run
+
+    out = evaluate_run(a.run_dir, a.split, device=a.device)
+    _print(out, a.json, "\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in out.items()))
+    return 0
+
+
+def cmd_predict(a) -> int:
+    from strata.evaluate import predict_run
+
+    results = predict_run(a.run_dir, a.inputs, device=a.device)
+    if a.json:
+        _print({"predictions": results}, True)
+    else:
+        for inp, r in zip(a.inputs, results):
+            main = r.get("label", r.get("text", r.get("translation", "")))
+            extra = f" ({r['probability']:.1%})" if "probability" in r else ""
+            print(f"{inp}: {main}{extra}" + "".join(f"  {k}={v}" for k, v in r.items()
+                                                     if k not in ("label", "probability", "top", "text", "translation")))
+    return 0
+
+
+def cmd_generate(a) -> int:
+    from strata.evaluate import generate_run
+
+    keys = ["prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "n", "class_", "steps", "guidance",
+            "interpolate", "out", "out_dir"]
+    request = {k: getattr(a, k) for k in keys if getattr(a, k) is not None}
+    out = generate_run(a.run_dir, request, device=a.device)
+    _print(out, a.json, out.get("text") if isinstance(out.get("text"), str) else None)
+    return 0
+
+
+def cmd_summary(a) -> int:
+    from strata.evaluate import model_summary
+
+    table, total = model_summary(a.config, a.overrides)
+    if a.json:
+        _print({"layers": table, "parameters": total}, True)
+        return 0
+    w = max([len(r["name"]) for r in table] + [5])
+    print(f"{'layer':<{w}}  {'type':<20} {'output shape':<22} {'params':>10}")
+    for r in table:
+        print(f"{r['name']:<{w}}  {r['type']:<20} {str(r['output_shape']):<22} {r['params']:>10,}")
+    print(f"total parameters: {total:,}")
+    return 0
+
+
+def cmd_recipes(a) -> int:
+    from strata.recipes import list_recipes
+
+    recipes = list_recipes()
+    if a.json:
+        _print({"recipes": recipes}, True)
+        return 0
+    for r in recipes:
+        print(f"{r['file']}\n    {r['description']}\n    result: {r['result']}")
+    return 0
+
+
+def cmd_datasets(a) -> int:
+    from strata.data import DATASETS
+    from strata.data import download as dl
+
+    names = [a.name] if a.name else DATASETS.names()
+    if a.name:
+        DATASETS.get(a.name)  # a clear error for an unknown name
+    if a.action == "list":
+        rows = [{"name": n, "description": DATASETS.get(n).description, "license": DATASETS.get(n).license,
+                 "splits": DATASETS.get(n).splits, "files": len(DATASETS.get(n).files)} for n in names]
+        _print({"datasets": rows}, a.json, "\n".join(f"{r['name']:<16} {r['description']}\n{'':<16} license: "
+                                                      f"{r['license']}" for r in rows))
+        return 0
+    fn = dl.verify if a.action == "verify" else dl.download
+    rows = {n: fn(n) for n in names}
+    bad = any(f["status"] in ("missing", "corrupt", "failed") for fs in rows.values() for f in fs)
+    if a.json:
+        _print({"datasets": rows}, True)
+    else:
+        print(f"cache: {dl.cache_dir()}")
+        for n, fs in rows.items():
+            if not fs:
+                print(f"{n}: nothing to download (ships with a package)")
+            for f in fs:
+                print(f"{n}: {f['path']}: {f['status']}" + (f"\n    {f['error']}" if f.get("error") else ""))
+    return EXIT_BAD_INPUT if bad else 0
+
+
+def cmd_quickstart(a) -> int:
+    from strata.quickstart import quickstart
+
+    out = quickstart(run_dir=a.run_dir, device=a.device, quiet=a.json)
+    if a.json:
+        _print(out, True)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "generate": cmd_generate,
+            "summary": cmd_summary, "recipes": cmd_recipes, "datasets": cmd_datasets, "quickstart": cmd_quickstart}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from strata.errors import StrataError
+    from strata.train import Interrupted
+
+    try:
+        return COMMANDS[args.command](args)
+    except StrataError as e:
+        if args.debug:
+            raise
+        print(f"strata {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Interrupted as e:
+        print(f"strata {args.command}: {e}. Resume with:\n  strata train {e.run_dir / 'config.toml'} "
+              f"--run-dir {e.run_dir} --resume", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"strata {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Plots and reports written into run folders."""

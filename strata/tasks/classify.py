@@ -1,0 +1,88 @@
+"""Supervised classification of fixed-size inputs (images, table rows): cross-entropy, accuracy.
+
+Batches: {"x": (B, ...) inputs, "y": (B,) class indices}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from strata.config import check
+from strata.models import build_model
+from strata.tasks import TASKS
+from strata.tasks.base import Loss, Task
+
+
+def random_shift(x: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Translate each image by up to `pixels` in x and y (zero fill): pad, then crop at a random offset."""
+    if pixels <= 0:
+        return x
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pixels, pixels, pixels, pixels))  # (B, C, H+2p, W+2p)
+    dx = torch.randint(0, 2 * pixels + 1, (b,), device=x.device)
+    dy = torch.randint(0, 2 * pixels + 1, (b,), device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])  # (B, H)
+    cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])  # (B, W)
+    idx_b = torch.arange(b, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[idx_b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    num_classes: int = 10  # from the data set
+    label_smoothing: float = 0.0
+    augment: Literal["none", "shift"] = "none"  # "shift": random translations of images during training
+    shift_pixels: int = 2
+    top_k: int = 3  # classes listed by predict
+
+    def __post_init__(self):
+        check(0 <= self.label_smoothing < 1, "[task] label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+        check(self.shift_pixels >= 0, "[task] shift_pixels", f"must be >= 0, got {self.shift_pixels}")
+        check(self.top_k >= 1, "[task] top_k", f"must be >= 1, got {self.top_k}")
+
+
+@TASKS.register("classify")
+class Classify(Task):
+    Config = ClassifyConfig
+
+    def __init__(self, cfg: ClassifyConfig, model, info: dict):
+        super().__init__(cfg, model, info)
+        self.model = build_model(model.name, model.options, **info)
+        self.class_names = info.get("class_names") or [str(i) for i in range(cfg.num_classes)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch):
+        x = batch["x"]
+        if self.cfg.augment == "shift" and x.ndim == 4:
+            x = random_shift(x, self.cfg.shift_pixels)
+        logits = self.model(x)
+        return F.cross_entropy(logits, batch["y"], label_smoothing=self.cfg.label_smoothing)
+
+    def validation_step(self, batch):
+        logits = self.model(batch["x"])
+        y = batch["y"]
+        n = y.numel()
+        loss = F.cross_entropy(logits.float(), y, reduction="sum")
+        correct = (logits.argmax(-1) == y).sum()
+        return {"loss": (loss, n), "acc": (correct, n)}
+
+    @torch.no_grad()
+    def predict_step(self, batch):
+        probs = self.model(batch["x"]).float().softmax(-1)
+        k = min(self.cfg.top_k, probs.shape[-1])
+        top_p, top_i = probs.topk(k, dim=-1)
+        out = []
+        for ps, ids in zip(top_p.tolist(), top_i.tolist()):
+            top = [{"label": self.class_names[i], "index": i, "probability": round(p, 6)} for p, i in zip(ps, ids)]
+            out.append({"label": top[0]["label"], "probability": top[0]["probability"], "top": top})
+        return out
+
+    @torch.no_grad()
+    def predictions(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).argmax(-1)

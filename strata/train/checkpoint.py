@@ -1,0 +1,209 @@
+"""Checkpoints that survive a crash at any instant.
+
+Layout of one checkpoint folder (`checkpoints/last`, `checkpoints/best`):
+    model-<step>.safetensors   the task's weights (model, EMA copies, buffers), with the config in its metadata
+    state-<step>.pt            everything else, loadable with torch.load(weights_only=True):
+                               optimisers, schedules, scaler, step/epoch/batch position, RNG states
+    manifest.json              names the current pair and the previous one
+
+Every file is written to a temp file beside the target, fsynced, then os.replace'd; the manifest is
+replaced last, so until it lands the previous pair is still what a reader finds. Files of older
+generations are removed only after the new manifest is durable. A pair that fails to load falls back
+to the previous one with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from strata.errors import CheckpointError
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> None:
+    """Write bytes (or text) to `path` so that a reader sees the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over (name, dtype, shape, bytes) of every tensor in sorted-name order."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _split_shared(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """safetensors refuses tensors sharing memory (tied embeddings): keep one, record the aliases."""
+    seen: dict[tuple, str] = {}
+    tensors, aliases = {}, {}
+    for name in sorted(state):
+        t = state[name].detach()
+        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype) if t.numel() else None
+        if key is not None and key in seen:
+            aliases[name] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = name
+        tensors[name] = t.cpu().contiguous()
+    return tensors, aliases
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), int(np_state[2]), int(np_state[3]), float(np_state[4])),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(folder: str | Path, weights: dict[str, torch.Tensor], state: dict, config: dict, tag: int) -> str:
+    """Write one generation; returns the weights' sha256."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors, aliases = _split_shared(weights)
+    sha = weights_sha256(weights)
+    meta = {"strata_config": json.dumps(config), "strata_aliases": json.dumps(aliases), "weights_sha256": sha}
+    model_name, state_name = f"model-{tag:09d}.safetensors", f"state-{tag:09d}.pt"
+    atomic_write(folder / model_name, st_save(tensors, metadata=meta))
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(folder / state_name, buf.getvalue())
+
+    manifest_path = folder / "manifest.json"
+    previous = None
+    if manifest_path.exists():
+        try:
+            previous = json.loads(manifest_path.read_text())["current"]
+        except (OSError, ValueError, KeyError):
+            previous = None
+    if previous and previous["model"] == model_name:  # same tag written again: keep the older previous
+        previous = json.loads(manifest_path.read_text()).get("previous")
+    current = {"model": model_name, "state": state_name, "weights_sha256": sha}
+    atomic_write(manifest_path, json.dumps({"current": current, "previous": previous}, indent=1))
+
+    keep = {manifest_path.name, model_name, state_name}
+    if previous:
+        keep |= {previous["model"], previous["state"]}
+    for f in folder.iterdir():
+        if f.name not in keep and not f.name.startswith("."):
+            f.unlink(missing_ok=True)
+    return sha
+
+
+def _load_pair(folder: Path, entry: dict) -> tuple[dict, dict, dict]:
+    raw = (folder / entry["model"]).read_bytes()
+    tensors = st_load(raw)
+    from safetensors import safe_open  # metadata lives in the header
+
+    with safe_open(folder / entry["model"], framework="pt") as f:
+        meta = f.metadata() or {}
+    for alias, target in json.loads(meta.get("strata_aliases", "{}")).items():
+        tensors[alias] = tensors[target]
+    state = torch.load(folder / entry["state"], map_location="cpu", weights_only=True)
+    config = json.loads(meta.get("strata_config", "{}"))
+    return tensors, state, config
+
+
+def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """(weights, state, config) of the newest loadable generation in `folder`."""
+    folder = Path(folder)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.exists():
+        raise CheckpointError(f"no checkpoint in {folder} (manifest.json missing); train first, or point at a run "
+                              f"folder that has checkpoints/last")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{manifest_path} is corrupt ({e}); delete the folder and train again") from None
+    errors = []
+    for which in ("current", "previous"):
+        entry = manifest.get(which)
+        if not entry:
+            continue
+        try:
+            result = _load_pair(folder, entry)
+        except (OSError, SafetensorError, RuntimeError, ValueError, KeyError, EOFError) as e:
+            errors.append(f"{entry['model']}: {e}")
+            warnings.warn(f"checkpoint {folder / entry['model']} failed to load ({e}); trying the previous one")
+            continue
+        return result
+    raise CheckpointError(f"no loadable checkpoint in {folder}: " + "; ".join(errors))
+
+
+def check_compatible(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], what: str) -> None:
+    """A clear error when a checkpoint belongs to another model."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [k for k in expected if k in found and tuple(expected[k].shape) != tuple(found[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} of another shape (e.g. {k}: checkpoint {tuple(found[k].shape)}, "
+                         f"model {tuple(expected[k].shape)})")
+        raise CheckpointError(f"{what} is a checkpoint of another model: {', '.join(parts)}; use the run folder "
+                              "that was trained with this config")

@@ -1,0 +1,492 @@
+"""The Trainer: fit / validate / test over any Task.
+
+It never branches on a model family: a task yields one Loss per optimiser phase and the loop below
+backpropagates, accumulates, clips, steps and schedules each phase the same way (see tasks/base.py).
+Around that loop: validation every epoch (or every N steps), best checkpoint by a monitored metric,
+early stopping, reduce-on-plateau, mixed precision, gradient accumulation, data parallelism across
+processes, exact resume, and a clean stop on Ctrl-C / SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from strata.config import RunConfig, dump_toml
+from strata.data import load_data
+from strata.errors import CheckpointError, ConfigError, StrataError
+from strata.tasks import build_task
+from strata.tasks.base import Loss
+from strata.train.checkpoint import (atomic_write, check_compatible, load_checkpoint, rng_state,
+                                     save_checkpoint, set_rng_state, weights_sha256)
+from strata.train.distributed import Dist
+from strata.train.loader import EpochBatches
+from strata.train.optim import build_optimizer, build_schedule
+from strata.train.progress import Progress
+
+
+class Interrupted(Exception):
+    """Training stopped by a signal after saving `last`; exit code 130 (SIGINT) or 143 (SIGTERM)."""
+
+    def __init__(self, signum: int, run_dir: Path):
+        self.exit_code = 128 + signum
+        self.run_dir = run_dir
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; saved {run_dir / 'checkpoints' / 'last'}")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            return torch.device(f"cuda:{local}")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' asked for, but this torch build sees no CUDA GPU; use --device cpu "
+                          "or install a CUDA build of torch")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device 'mps' asked for, but MPS is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def default_run_dir(name: str) -> Path:
+    return Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+class _Metrics:
+    """Sums and counts kept on the device during an evaluation pass; one sync at the end."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, torch.Tensor] = {}
+
+    def add(self, out: dict) -> None:
+        for k, (s, c) in out.items():
+            s = s.detach().double() if torch.is_tensor(s) else torch.tensor(float(s), dtype=torch.float64)
+            c = c.detach().double() if torch.is_tensor(c) else torch.tensor(float(c), dtype=torch.float64, device=s.device)
+            if k in self.sums:
+                self.sums[k] += s
+                self.counts[k] += c
+            else:
+                self.sums[k], self.counts[k] = s.clone(), c.clone()
+
+    def compute(self, dist: Dist) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        keys = sorted(self.sums)
+        flat = torch.stack([self.sums[k] for k in keys] + [self.counts[k].to(self.sums[k].device) for k in keys])
+        flat = dist.sum_(flat).cpu()
+        n = len(keys)
+        return {k: float(flat[i] / flat[n + i]) if flat[n + i] > 0 else float("nan") for i, k in enumerate(keys)}
+
+
+@torch.no_grad()
+def evaluate(task, data, split: str, batch_size: int, device: torch.device, collate=None, dist: Dist | None = None,
+             autocast=contextlib.nullcontext) -> dict[str, float]:
+    """One pass of task.validation_step over `data`; metrics named '<split>/<metric>'."""
+    dist = dist or Dist()
+    batches = EpochBatches(data, batch_size, False, 0, device, dist.rank, dist.world, collate)
+    was_training = task.training
+    task.eval()
+    task.validation_start()
+    acc = _Metrics()
+    with autocast():
+        for _, batch in batches.epoch(0):
+            acc.add(task.validation_step(batch))
+    out = acc.compute(dist)
+    out.update(task.validation_end())
+    task.train(was_training)
+    return {f"{split}/{k}": v for k, v in out.items()}
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, run_dir: str | Path | None = None, device: str | None = None,
+                 resume: bool = False, progress: Progress | None = None, bundle=None):
+        self.cfg = cfg
+        t = cfg.trainer
+        self.dist = Dist()
+        self.device = pick_device(device or t.device)
+        if t.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError(f"[trainer] precision: 'fp16' needs a CUDA device, got {self.device}; use 'bf16' or 'fp32'")
+        self.dist.setup(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if run_dir is None:
+            if resume:
+                raise StrataError("--resume needs --run-dir DIR: the run folder to continue")
+            run_dir = self.dist.broadcast_object(str(default_run_dir(cfg.name)))
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        if resume and not (self.run_dir / "checkpoints" / "last" / "manifest.json").exists():
+            raise CheckpointError(f"--resume: no checkpoint at {self.run_dir / 'checkpoints' / 'last'}; "
+                                  f"drop --resume to start a new run there")
+        self.main = self.dist.is_main
+        self.progress = progress or Progress(t.progress, t.log_every_s, enabled=self.main)
+        self._bundle = bundle
+        self._stop_signal: int | None = None
+        self._metrics_file = None
+        self._tb = None
+
+    # --- set-up ---------------------------------------------------------------------------------
+    def _setup(self):
+        cfg, t = self.cfg, self.cfg.trainer
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        seed_everything(t.seed)
+        self.bundle = self._bundle if self._bundle is not None else load_data(cfg.data)
+        self.info = dict(self.bundle.info)
+        self.task = build_task(cfg, self.info).to(self.device)
+        self.dist.broadcast_params(self.task)
+        specs = self.task.configure_optimizers(cfg.optimizer)
+        self.optimizers = {name: build_optimizer(params, ocfg) for name, (params, ocfg) in specs.items()}
+        self.opt_params = {name: [p for g in o.param_groups for p in g["params"]] for name, o in self.optimizers.items()}
+        self.phase_names = list(self.optimizers)
+        self.multi_opt = len(self.optimizers) > 1
+
+        bs = cfg.data.batch_size
+        self.train_batches = EpochBatches(self.bundle.train, bs, True, t.seed, self.device, self.dist.rank,
+                                          self.dist.world, self.bundle.collate)
+        if len(self.train_batches) == 0:
+            raise ConfigError(f"[data] batch_size: {bs} x {self.dist.world} process(es) is larger than the "
+                              f"{len(self.bundle.train)} training examples; lower batch_size or raise data.limit")
+        self.steps_per_epoch = max(1, len(self.train_batches) // t.grad_accum)
+        total = self.steps_per_epoch * t.max_epochs
+        self.total_steps = min(total, t.max_steps) if t.max_steps else total
+        self.schedules = {name: build_schedule(o, cfg.schedule, self.total_steps, self.steps_per_epoch, t.mode)
+                          for name, o in self.optimizers.items()}
+
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+        self.scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
+        if t.compile:
+            for m in self.task.children():
+                m.compile()
+
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.best = None
+        self.bad_validations = 0
+        self.history: list[dict] = []
+        self.wall_before = 0.0
+        if self.resume:
+            self._restore()
+        if self.main:
+            self._write_run_files()
+
+    def _write_run_files(self):
+        d = self.run_dir
+        (d / "checkpoints").mkdir(parents=True, exist_ok=True)
+        atomic_write(d / "config.toml", dump_toml(self.cfg))
+        atomic_write(d / "info.json", json.dumps(self.info, indent=1))
+        for name, data in self.bundle.artifacts.items():
+            atomic_write(d / name, data)
+        self._metrics_file = open(d / "metrics.jsonl", "a", encoding="utf-8")
+        if self.cfg.trainer.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("[trainer] tensorboard = true needs the tensorboard package: "
+                                  "pip install tensorboard (or pip install 'strata[tensorboard]')") from None
+            self._tb = SummaryWriter(str(d / "tensorboard"))
+
+    def log(self, event: str, **values):
+        if not self.main or self._metrics_file is None:
+            return
+        rec = {"event": event, "step": self.step, "epoch": self.epoch, "time": round(time.time(), 3), **values}
+        self._metrics_file.write(json.dumps(rec) + "\n")
+        self._metrics_file.flush()
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self._tb.add_scalar(k if "/" in k else f"{event}/{k}", v, self.step)
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedules": {k: s.state_dict() for k, s in self.schedules.items()},
+            "scaler": self.scaler.state_dict() if self.scaler else {},
+            "rng": rng_state(), "best": self.best, "bad_validations": self.bad_validations,
+            "history": json.dumps(self.history), "wall_time_s": self.wall_before + (time.perf_counter() - self.t0),
+        }
+
+    def save(self, which: str = "last") -> str | None:
+        if not self.main:
+            return None
+        return save_checkpoint(self.run_dir / "checkpoints" / which, self.task.state_dict(), self._state(),
+                               self.cfg.to_dict(), self.step)
+
+    def _restore(self):
+        weights, state, _ = load_checkpoint(self.run_dir / "checkpoints" / "last")
+        check_compatible(self.task.state_dict(), weights, str(self.run_dir / "checkpoints" / "last"))
+        self.task.load_state_dict(weights)
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, s in self.schedules.items():
+            s.load_state_dict(state["schedules"][k])
+        if self.scaler and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.best, self.bad_validations = state["best"], state["bad_validations"]
+        self.history = json.loads(state["history"])
+        self.wall_before = state["wall_time_s"]
+        set_rng_state(state["rng"])
+
+    # --- signals ----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _signals(self):
+        if not hasattr(signal, "SIGTERM") or sys.modules["threading"].current_thread() is not sys.modules["threading"].main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop_signal is not None:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            if self.main:
+                print(f"\n{signal.Signals(signum).name}: finishing the current step and saving...", file=sys.stderr)
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    # --- the loop -------------------------------------------------------------------------------
+    def _phase(self, loss: Loss, boundary: bool):
+        t = self.cfg.trainer
+        name = loss.optimizer
+        if name not in self.optimizers:
+            raise RuntimeError(f"task yielded a loss for optimiser '{name}', but configure_optimizers gave "
+                               f"{sorted(self.optimizers)}")
+        value = loss.value / t.grad_accum if t.grad_accum > 1 else loss.value
+        if self.scaler:
+            value = self.scaler.scale(value)
+        value.backward()
+        if not boundary:
+            return
+        opt, params = self.optimizers[name], self.opt_params[name]
+        self.dist.average_grads(params)
+        if t.grad_clip > 0:
+            if self.scaler:
+                self.scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+        if self.scaler:
+            self.scaler.step(opt)
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        self.schedules[name].step()
+        self.task.after_optimizer_step(name)
+
+    def _train_step(self, batch, boundary: bool) -> Loss:
+        """One batch: each optimiser phase in the order of configure_optimizers. With several optimisers
+        the others' parameters are frozen before the phase's forward pass runs (the task is a generator,
+        so its code for phase k runs inside next()), which keeps their gradients untouched."""
+        first = None
+        with self.autocast():
+            out = self.task.training_step(batch)
+        if isinstance(out, torch.Tensor):
+            out = (Loss(self.phase_names[0], out),)
+        it = iter(out)
+        for k, expected in enumerate(self.phase_names):
+            if self.multi_opt:
+                self._freeze_others(expected)
+            with self.autocast():
+                loss = next(it, None)
+            if loss is None:
+                break
+            if loss.optimizer != expected:
+                raise RuntimeError(f"{type(self.task).__name__}.training_step yielded a loss for optimiser "
+                                   f"'{loss.optimizer}' in phase {k}, expected '{expected}' (phases follow "
+                                   f"configure_optimizers: {self.phase_names})")
+            self._phase(loss, boundary)
+            if first is None:
+                first = loss
+        if self.multi_opt:
+            self._freeze_others(None)
+        if boundary and self.scaler:
+            self.scaler.update()
+        return first
+
+    def _freeze_others(self, name: str | None):
+        for k, params in self.opt_params.items():
+            flag = name is None or k == name
+            for p in params:
+                p.requires_grad_(flag)
+
+    def fit(self) -> dict:
+        self.t0 = time.perf_counter()
+        self._setup()
+        t = self.cfg.trainer
+        if self.main:
+            what = "resuming" if self.resume else "training"
+            n_params = sum(p.numel() for p in self.task.parameters())
+            self.progress.write(f"{what} {self.cfg.name}: {self.cfg.model.name} ({n_params:,} parameters) on "
+                                f"{self.device}, {len(self.bundle.train):,} training examples"
+                                + (f", {self.dist.world} processes" if self.dist.enabled else "")
+                                + f" -> {self.run_dir}")
+        stop = self.step >= self.total_steps
+        with self._signals():
+            while self.epoch < t.max_epochs and not stop:
+                stop = self._epoch()
+                if self._stop_signal is not None:
+                    self.save("last")
+                    self.log("interrupted", signal=signal.Signals(self._stop_signal).name)
+                    raise Interrupted(self._stop_signal, self.run_dir)
+        return self._finish()
+
+    def _epoch(self) -> bool:
+        t = self.cfg.trainer
+        self.task.train()
+        epoch_start = time.perf_counter()
+        total = len(self.train_batches)
+        loss_sum = torch.zeros((), device=self.device)
+        n_logged = 0
+        samples = 0
+        self.progress.start_epoch(self.epoch + 1, total)
+        val_every = t.val_every_n_steps
+        stop = False
+        for i, batch in self.train_batches.epoch(self.epoch, self.batch_in_epoch):
+            boundary = (i + 1) % t.grad_accum == 0 or i + 1 == total
+            first = self._train_step(batch, boundary)
+            loss_sum += first.value.detach().float()
+            n_logged += 1
+            samples += self.cfg.data.batch_size
+            self.batch_in_epoch = i + 1
+            if not boundary:
+                continue
+            self.step += 1
+            self.progress.update(self.epoch + 1, i + 1, total, self.step,
+                                 lambda: {"loss": float(loss_sum) / max(1, n_logged)}, samples)
+            if self._stop_signal is not None:
+                return True
+            if val_every and self.step % val_every == 0 and i + 1 < total:
+                self.log("train", loss=float(loss_sum) / n_logged, lr=self._lr())
+                loss_sum.zero_()
+                n_logged = 0
+                stop = self._validate_and_select()
+                self.task.train()
+            elif t.checkpoint_every_n_steps and self.step % t.checkpoint_every_n_steps == 0:
+                self.save("last")
+            if stop or (t.max_steps and self.step >= t.max_steps):
+                break
+        # end of epoch
+        train_loss = float(loss_sum) / max(1, n_logged)
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        for s in self.schedules.values():
+            s.epoch_end()
+        self.log("train", loss=train_loss, lr=self._lr())
+        metrics = {"train/loss": train_loss}
+        stop = self._validate_and_select(metrics) or stop
+        seconds = time.perf_counter() - epoch_start
+        self.progress.end_epoch(self.epoch, {**metrics, "lr": self._lr()}, seconds)
+        if t.max_steps and self.step >= t.max_steps:
+            stop = True
+        return stop
+
+    def _lr(self) -> float:
+        return next(iter(self.optimizers.values())).param_groups[0]["lr"]
+
+    def _validate_and_select(self, metrics: dict | None = None) -> bool:
+        """Validate, keep `best`, update plateau schedules and early stopping; save `last`.
+        Returns True when early stopping says to stop."""
+        t = self.cfg.trainer
+        stop = False
+        if self.bundle.val is not None and len(self.bundle.val) > 0:
+            val = self.evaluate_split("val")
+            if metrics is not None:
+                metrics.update(val)
+            self.history.append({"step": self.step, "epoch": self.epoch, **val})
+            self.log("val", **val)
+            value = val.get(t.monitor)
+            if value is None:
+                raise ConfigError(f"[trainer] monitor: '{t.monitor}' is not among the logged metrics "
+                                  f"({', '.join(sorted(val))})")
+            for s in self.schedules.values():
+                s.validated(value)
+            better = self.best is None or (value < self.best if t.mode == "min" else value > self.best)
+            if better and not math.isnan(value):
+                self.best = value
+                self.bad_validations = 0
+                self.save("best")
+            else:
+                self.bad_validations += 1
+                if t.early_stopping_patience and self.bad_validations >= t.early_stopping_patience:
+                    self.progress.write(f"early stopping: {t.monitor} has not improved for "
+                                        f"{self.bad_validations} validations (best {self.best:.4g})")
+                    self.log("early_stop", best=self.best)
+                    stop = True
+        self.save("last")
+        return stop
+
+    def evaluate_split(self, split: str) -> dict[str, float]:
+        data = getattr(self.bundle, split)
+        if data is None:
+            raise StrataError(f"data set '{self.cfg.data.name}' has no {split} split")
+        bs = self.cfg.data.eval_batch_size or 2 * self.cfg.data.batch_size
+        return evaluate(self.task, data, split, bs, self.device, self.bundle.collate, self.dist, self.autocast)
+
+    def _finish(self) -> dict:
+        """Test with the best weights, write summary.json; the final (last) weights give weights_sha256."""
+        final_sha = weights_sha256(self.task.state_dict())
+        wall = self.wall_before + (time.perf_counter() - self.t0)
+        summary = {"name": self.cfg.name, "steps": self.step, "epochs": self.epoch}
+        if self.history:
+            best_entry = [h for h in self.history if h.get(self.cfg.trainer.monitor) == self.best]
+            summary.update({k: v for k, v in (best_entry[-1] if best_entry else self.history[-1]).items()
+                            if k not in ("step", "epoch")})
+            summary["best_" + self.cfg.trainer.monitor] = self.best
+        test_metrics = {}
+        if self.bundle.test is not None and len(self.bundle.test) > 0:
+            last_state = {k: v.clone() for k, v in self.task.state_dict().items()}
+            best_dir = self.run_dir / "checkpoints" / "best"
+            self.dist.broadcast_object(None)  # rank 0 has written best
+            if (best_dir / "manifest.json").exists():
+                weights, _, _ = load_checkpoint(best_dir)
+                self.task.load_state_dict(weights)
+            test_metrics = self.evaluate_split("test")
+            self.task.load_state_dict(last_state)
+            self.log("test", **test_metrics)
+            summary.update(test_metrics)
+        summary.update({
+            "wall_time_s": round(wall, 3), "device": str(self.device), "processes": self.dist.world,
+            "torch": torch.__version__, "seed": self.cfg.trainer.seed, "weights_sha256": final_sha,
+            "run_dir": str(self.run_dir),
+        })
+        if self.main:
+            atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=1))
+            self.progress.write("summary: " + ", ".join(
+                f"{k} {v:.4f}" for k, v in summary.items() if isinstance(v, float) and "/" in k)
+                + f" | {wall:.1f}s | {self.run_dir}")
+            if self._metrics_file:
+                self._metrics_file.close()
+            if self._tb is not None:
+                self._tb.close()
+        self.summary = summary
+        return summary
