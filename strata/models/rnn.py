@@ -119,11 +119,16 @@ class ClassifierConfig:
         check(self.layers >= 1, "[model] layers", f"must be >= 1, got {self.layers}")
         check(0 <= self.dropout < 1, "[model] dropout", f"must be in [0, 1), got {self.dropout}")
         check(self.embed_dim >= 0, "[model] embed_dim", f"must be >= 0, got {self.embed_dim}")
-        check((self.vocab_size > 0) != (self.in_features > 0), "[model] vocab_size / in_features",
-              f"exactly one must be > 0 (token ids or feature frames), got vocab_size={self.vocab_size}, "
-              f"in_features={self.in_features}; leave both out to take them from the data")
         check(self.vocab_size == 0 or self.embed_dim > 0, "[model] embed_dim", "must be > 0 for token inputs")
-        check(self.num_classes >= 2, "[model] num_classes", f"must be >= 2, got {self.num_classes}")
+        # vocab_size, in_features and num_classes may still be 0 here: the data fills them in, and
+        # the model checks them when it is built
+
+
+def check_data_facts(cfg: ClassifierConfig) -> None:
+    check((cfg.vocab_size > 0) != (cfg.in_features > 0), "[model] vocab_size / in_features",
+          f"exactly one must be > 0 (token ids or feature frames), got vocab_size={cfg.vocab_size}, "
+          f"in_features={cfg.in_features}; leave both out to take them from the data")
+    check(cfg.num_classes >= 2, "[model] num_classes", f"must be >= 2, got {cfg.num_classes}")
 
 
 @MODELS.register("rnn_classifier")
@@ -134,6 +139,7 @@ class RNNClassifier(nn.Module):
 
     def __init__(self, cfg: ClassifierConfig):
         super().__init__()
+        check_data_facts(cfg)
         self.cfg = cfg
         self.inputs = InputProjection(cfg.vocab_size, cfg.in_features, cfg.embed_dim, cfg.pad_id)
         self.drop = nn.Dropout(cfg.dropout)
@@ -178,8 +184,6 @@ class LMConfig:
         check(self.layers >= 1, "[model] layers", f"must be >= 1, got {self.layers}")
         check(0 <= self.dropout < 1, "[model] dropout", f"must be in [0, 1), got {self.dropout}")
         check(self.embed_dim >= 0, "[model] embed_dim", f"must be >= 0, got {self.embed_dim}")
-        check(self.vocab_size >= 2, "[model] vocab_size", f"must be >= 2 (it comes from the data's tokenizer), "
-              f"got {self.vocab_size}")
 
 
 @MODELS.register("rnn_lm")
@@ -191,6 +195,8 @@ class RNNLanguageModel(nn.Module):
 
     def __init__(self, cfg: LMConfig):
         super().__init__()
+        check(cfg.vocab_size >= 2, "[model] vocab_size", f"must be >= 2 (it comes from the data's tokenizer), "
+              f"got {cfg.vocab_size}")
         self.cfg = cfg
         E = cfg.embed_dim or cfg.hidden
         self.embed = nn.Embedding(cfg.vocab_size, E)
