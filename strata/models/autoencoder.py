@@ -161,5 +161,5 @@ class Autoencoder(nn.Module):
 PRESETS = {
     "ae-mlp-mnist": (Config(kind="mlp", latent=32, hidden=(512, 256)), 1_079_344),
     "ae-conv-mnist": (Config(kind="conv", latent=32, channels=(32, 64)), 305_057),
-    "ae-mlp-kdd": (Config(in_shape=(121,), kind="mlp", latent=8, hidden=(64, 32)), 22_361),
+    "ae-mlp-kdd": (Config(in_shape=(118,), kind="mlp", latent=8, hidden=(64, 32)), 0),
 }
