@@ -3,7 +3,7 @@
 Where files come from, first match wins:
   1. the cache, `cache_dir()/datasets/<relpath>` (STRATA_HOME, default ~/.cache/strata); a hit is
      trusted when a sidecar `<file>.sha256` records the same hash, size and mtime, else re-hashed;
-  2. STRATA_DATA_MIRROR: a local folder or an http(s) URL laid out like the relpaths
+  2. STRATA_DATA_MIRROR: a local folder (or file:// URL) or an http(s) URL laid out like the relpaths
      (`mnist/train-images-idx3-ubyte.gz`); several may be given, separated by ';';
   3. when STRATA_DATA_MIRROR is unset, the canonical public mirrors known for that file.
 A download is written to a temporary file beside its target, hashed on the way, fsync'ed and only
@@ -77,6 +77,8 @@ def sources(relpath: str) -> list[str]:
 
 
 def _join(base: str, relpath: str) -> str:
+    if base.startswith("file://"):
+        base = base[len("file://"):]
     if _is_url(base):
         return base.rstrip("/") + "/" + relpath
     return str(Path(base).expanduser() / relpath)
@@ -119,7 +121,10 @@ def _cache_ok(path: Path, sha256: str) -> bool:
         pass
     if sha256_of(path) != sha256:
         return False
-    _write_atomic(side, f"{sha256} {_stamp(path)}".encode())
+    try:
+        _write_atomic(side, f"{sha256} {_stamp(path)}".encode())
+    except OSError:
+        pass  # a read-only cache only costs a re-hash next time
     return True
 
 

@@ -50,7 +50,7 @@ def limit(index: np.ndarray, y: np.ndarray | None, count: int, seed: int) -> np.
 def train_val_test(y: np.ndarray | None, data_cfg, test_fraction: float | None, n: int | None = None):
     """Index arrays (train, val, test) over one pool of examples: test carved first (when
     test_fraction is given), then val from the rest with data_cfg.val_fraction, then data_cfg.limit
-    applied to what is left for training. val or test is None when its fraction is 0 / None."""
+    applied to what is left for training. val or test is None when it would be empty."""
     n = len(y) if y is not None else n
     rest, test = np.arange(n), None
     if test_fraction:
@@ -60,4 +60,5 @@ def train_val_test(y: np.ndarray | None, data_cfg, test_fraction: float | None, 
         keep, held = hold_out(None if y is None else y[rest], data_cfg.val_fraction, data_cfg.split_seed + 7919,
                               len(rest))
         rest, val = rest[keep], rest[held]
+    val, test = (None if a is None or not len(a) else a for a in (val, test))
     return limit(rest, y, data_cfg.limit, data_cfg.split_seed), val, test

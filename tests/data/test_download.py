@@ -112,8 +112,8 @@ def test_without_a_mirror_the_upstream_urls_are_used(monkeypatch):
     monkeypatch.delenv("STRATA_DATA_MIRROR", raising=False)
     assert all(u.startswith("http") and u.endswith("/t10k-labels-idx1-ubyte.gz") for u in sources(LABELS))
     assert len(sources(LABELS)) >= 2
-    monkeypatch.setenv("STRATA_DATA_MIRROR", "/a;http://b.example/x/")
-    assert sources(LABELS) == [f"/a/{LABELS}", f"http://b.example/x/{LABELS}"]
+    monkeypatch.setenv("STRATA_DATA_MIRROR", "/a; http://b.example/x/;file:///c")
+    assert sources(LABELS) == [f"/a/{LABELS}", f"http://b.example/x/{LABELS}", f"/c/{LABELS}"]
 
 
 def test_unknown_dataset_suggests_the_closest():

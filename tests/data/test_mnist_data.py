@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import mirror_location
 from strata.config import DataConfig
 from strata.data import DATASETS, load_data
 from strata.data.idx import read_idx, read_idx_cached
@@ -19,11 +18,10 @@ from strata.data.images import encode_image_files
 from strata.errors import DataError
 
 
-def manifest(name: str) -> dict:
-    where = mirror_location()
-    if where is None or not Path(where, "MANIFEST.json").is_file():
-        pytest.skip("no data mirror: MANIFEST.json is needed for the expected counts")
-    return next(d for d in json.loads(Path(where, "MANIFEST.json").read_text())["datasets"] if d["name"] == name)
+def manifest(mirror: str, name: str) -> dict:
+    if not Path(mirror, "MANIFEST.json").is_file():
+        pytest.skip(f"no data mirror: {mirror}/MANIFEST.json, which holds the expected counts, is not a local file")
+    return next(d for d in json.loads(Path(mirror, "MANIFEST.json").read_text())["datasets"] if d["name"] == name)
 
 
 def counts(t: torch.Tensor) -> dict[str, int]:
@@ -41,7 +39,7 @@ def write_idx(path: Path, arr: np.ndarray, code: int = 0x08) -> bytes:
 
 
 def test_mnist_splits_match_the_manifest(mirror):
-    m = manifest("MNIST")["counts"]
+    m = manifest(mirror, "MNIST")["counts"]
     b = load_data(DataConfig(name="mnist", val_fraction=0.1, split_seed=0))
     assert b.train.tensors["x"].shape == (54000, 1, 28, 28) and b.train.tensors["x"].dtype == torch.float32
     assert len(b.val) == 6000 and len(b.test) == m["test"] == 10000
@@ -70,7 +68,7 @@ def test_mnist_limit_and_seed(mirror):
 
 
 def test_fashion_mnist(mirror):
-    m = manifest("Fashion-MNIST")["counts"]
+    m = manifest(mirror, "Fashion-MNIST")["counts"]
     b = load_data(DataConfig(name="fashion_mnist", limit=600, options={"normalize": True}))
     assert b.info["class_names"] == m["class_names"]
     assert torch.bincount(b.test.tensors["y"]).tolist() == [1000] * 10

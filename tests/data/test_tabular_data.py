@@ -109,6 +109,9 @@ def test_npz_carved_and_given_splits(tmp_path):
     np.save(tmp_path / "one.npy", x[0, 0, 0])
     out = DATASETS.get("numpy").encode_inputs([str(tmp_path / "one.npy")], b.info, tmp_path)
     assert out["x"].shape == (1, 4)
+    np.savez(tmp_path / "tiny.npz", x=x[:5], y=y[:5])
+    b = load_data(DataConfig(name="numpy", val_fraction=0.05, options={"path": str(tmp_path / "tiny.npz")}))
+    assert (len(b.train), b.val, len(b.test)) == (4, None, 1)  # an empty split is None, not zero-length
 
 
 def test_npz_errors(tmp_path):
