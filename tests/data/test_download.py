@@ -128,3 +128,29 @@ def test_every_registered_file_is_described():
         assert spec.description and spec.license and spec.splits, name
         for f in spec.files:
             assert len(f.sha256) == 64 and f.bytes > 0 and "/" in f.path, (name, f)
+
+
+def test_interrupted_download_leaves_nothing(home, monkeypatch):
+    class Dropped:
+        """A response that delivers one chunk and then loses the connection."""
+
+        def __init__(self, *a, **k):
+            self.sent = False
+
+        def read(self, n):
+            if self.sent:
+                raise ConnectionResetError("connection reset by peer")
+            self.sent = True
+            return b"x" * 1000
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    monkeypatch.setattr("urllib.request.urlopen", Dropped)
+    monkeypatch.setenv("STRATA_DATA_MIRROR", "http://127.0.0.1:9/")
+    with pytest.raises(DataError, match="connection reset by peer"):
+        fetch(LABELS, LABELS_SHA, quiet=True)
+    assert files_under(home) == []
