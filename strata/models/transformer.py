@@ -98,6 +98,13 @@ def init_weights(model: nn.Module, n_layer: int) -> None:
             nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * n_layer))
 
 
+def _require_from_data(cfg, **minimum) -> None:
+    """Sizes the data fills in (vocab_size, num_classes) are only known when the model is built."""
+    for key, low in minimum.items():
+        value = getattr(cfg, key)
+        check(value >= low, f"[model] {key}", f"must be >= {low} (normally filled in from the data set), got {value}")
+
+
 def _resolve_preset(cfg, presets: dict, defaults: dict, model: str) -> None:
     """Fill n_layer / n_head / dim of a frozen config from `preset`, or from `defaults`."""
     shape = ("n_layer", "n_head", "dim")
@@ -140,7 +147,6 @@ class GPTConfig:
     tie_weights: bool = True
 
     def __post_init__(self):
-        check(self.vocab_size >= 1, "[model] vocab_size", f"must be >= 1 (normally filled from the data), got {self.vocab_size}")
         check(self.context_size >= 1, "[model] context_size", f"must be >= 1, got {self.context_size}")
         _resolve_preset(self, GPT_PRESETS, {"n_layer": 6, "n_head": 6, "dim": 384}, "gpt")
 
@@ -151,6 +157,7 @@ class GPT(nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
+        _require_from_data(cfg, vocab_size=1)
         self.cfg = cfg
         self.context_size = cfg.context_size
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
@@ -206,8 +213,6 @@ class ClassifierConfig:
     pooling: Literal["mean", "cls"] = "mean"
 
     def __post_init__(self):
-        check(self.vocab_size >= 1, "[model] vocab_size", f"must be >= 1 (normally filled from the data), got {self.vocab_size}")
-        check(self.num_classes >= 2, "[model] num_classes", f"must be >= 2 (normally filled from the data), got {self.num_classes}")
         check(self.context_size >= 1, "[model] context_size", f"must be >= 1, got {self.context_size}")
         _resolve_preset(self, ENCODER_PRESETS, {"n_layer": 2, "n_head": 4, "dim": 128}, "transformer_classifier")
 
@@ -218,6 +223,7 @@ class TransformerClassifier(nn.Module):
 
     def __init__(self, cfg: ClassifierConfig):
         super().__init__()
+        _require_from_data(cfg, vocab_size=1, num_classes=2)
         self.cfg = cfg
         extra = 1 if cfg.pooling == "cls" else 0
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
@@ -288,8 +294,6 @@ class Seq2SeqConfig:
     share_embeddings: bool = False  # encoder and decoder share one embedding (needs one shared vocabulary)
 
     def __post_init__(self):
-        for k in ("src_vocab_size", "tgt_vocab_size"):
-            check(getattr(self, k) >= 1, f"[model] {k}", f"must be >= 1 (normally filled from the data), got {getattr(self, k)}")
         check(not self.share_embeddings or self.src_vocab_size == self.tgt_vocab_size, "[model] share_embeddings",
               f"needs one vocabulary for both sides, got {self.src_vocab_size} and {self.tgt_vocab_size} "
               "(set [data] shared_vocab = true or share_embeddings = false)")
@@ -302,6 +306,7 @@ class TransformerSeq2Seq(nn.Module):
 
     def __init__(self, cfg: Seq2SeqConfig):
         super().__init__()
+        _require_from_data(cfg, src_vocab_size=1, tgt_vocab_size=1)
         self.cfg = cfg
         self.context_size = cfg.context_size
         self.src_embed = nn.Embedding(cfg.src_vocab_size, cfg.dim)
