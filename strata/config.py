@@ -380,6 +380,11 @@ def component_config(comp, options: dict, section: str, **inferred):
     """The component's own Config from the section's options, filling keys the data implies
     (in_channels, num_classes, vocab_size, ...) when the user left them out."""
     cfg_cls = comp.Config
+    if cfg_cls is None:
+        if options:
+            raise ConfigError(f"[{section}]: '{options and next(iter(options))}' is not a key of this component; "
+                              "it takes no options besides name")
+        return None
     names = {f.name for f in fields(cfg_cls)}
     merged = {k: v for k, v in inferred.items() if k in names and k not in options}
     merged.update(options)

@@ -6,8 +6,9 @@ a new Task file, never as a branch in the training loop (the LightningModule ide
 Contract
 - `training_step(batch)` yields one `Loss(optimizer, value, logs)` per optimiser phase. The Trainer
   backpropagates each value, and on an accumulation boundary clips and steps that optimiser, then
-  calls `after_optimizer_step(name)`. With several optimisers, parameters of the other optimisers
-  are frozen during a phase, so a discriminator step never touches generator weights.
+  calls `after_optimizer_step(name)`. With several optimisers, a phase's backward pass fills only
+  the gradients of that phase's optimiser, so a generator loss that flows through the discriminator
+  never touches the discriminator's gradients (and a discriminator step never moves the generator).
   Returning a bare tensor instead means one phase on the optimiser "main".
 - `configure_optimizers(cfg)` returns {name: (params, OptimizerConfig)}; one "main" by default.
 - `validation_step(batch)` returns {metric: (sum, count)} tensors; the Trainer accumulates them

@@ -286,7 +286,12 @@ class Trainer:
         value = loss.value / t.grad_accum if t.grad_accum > 1 else loss.value
         if self.scaler:
             value = self.scaler.scale(value)
-        value.backward()
+        if self.multi_opt:
+            # only this optimiser's parameters receive gradients: a generator loss that flows through
+            # the discriminator leaves the discriminator's .grad untouched
+            value.backward(inputs=self.opt_params[name])
+        else:
+            value.backward()
         if not boundary:
             return
         opt, params = self.optimizers[name], self.opt_params[name]
@@ -304,9 +309,8 @@ class Trainer:
         self.task.after_optimizer_step(name)
 
     def _train_step(self, batch, boundary: bool) -> Loss:
-        """One batch: each optimiser phase in the order of configure_optimizers. With several optimisers
-        the others' parameters are frozen before the phase's forward pass runs (the task is a generator,
-        so its code for phase k runs inside next()), which keeps their gradients untouched."""
+        """One batch: each optimiser phase in the order of configure_optimizers (a generator task's code
+        for phase k runs inside next(), so it sees the weights as the previous phases left them)."""
         first = None
         with self.autocast():
             out = self.task.training_step(batch)
@@ -314,8 +318,6 @@ class Trainer:
             out = (Loss(self.phase_names[0], out),)
         it = iter(out)
         for k, expected in enumerate(self.phase_names):
-            if self.multi_opt:
-                self._freeze_others(expected)
             with self.autocast():
                 loss = next(it, None)
             if loss is None:
@@ -327,17 +329,9 @@ class Trainer:
             self._phase(loss, boundary)
             if first is None:
                 first = loss
-        if self.multi_opt:
-            self._freeze_others(None)
         if boundary and self.scaler:
             self.scaler.update()
         return first
-
-    def _freeze_others(self, name: str | None):
-        for k, params in self.opt_params.items():
-            flag = name is None or k == name
-            for p in params:
-                p.requires_grad_(flag)
 
     def fit(self) -> dict:
         self.t0 = time.perf_counter()
