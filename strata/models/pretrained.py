@@ -96,6 +96,8 @@ class EncoderClassifier(nn.Module):
             if not hasattr(model, "encoder"):
                 raise StrataError(f"[model] encoder: model '{cfg.encoder}' has no encoder; use 'autoencoder' or 'vae'")
             self.encoder = model.encoder
+        if hasattr(self.encoder, "drop_variance"):
+            self.encoder.drop_variance()  # a VAE encoder: only the posterior mean is used
         d = self.encoder.out_features
         if cfg.head_hidden:
             head = [nn.Linear(d, cfg.head_hidden), nn.ReLU(), nn.Linear(cfg.head_hidden, cfg.num_classes)]

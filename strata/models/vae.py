@@ -49,7 +49,12 @@ class GaussianEncoder(nn.Module):
         return self.mu(h), self.logvar(h)  # (B, latent) each
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stats(x)[0]
+        return self.mu(self.fc(self.convs(x).flatten(1)))  # (B, latent)
+
+    def drop_variance(self) -> None:
+        """For use as a plain feature extractor: remove the logvar head, which would otherwise hold
+        parameters that never get a gradient (DDP refuses those)."""
+        del self.logvar
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -124,7 +129,7 @@ class VAE(nn.Module):
 
 # Named configurations and their parameter counts on MNIST (1, 28, 28) (tests check the counts).
 PRESETS = {
-    "vae-mnist-small": (Config(latent=16, channels=(32, 64), hidden=256), 0),
-    "vae-mnist": (Config(latent=32, channels=(32, 64), hidden=512), 0),
-    "vae-mnist-wide": (Config(latent=32, channels=(64, 128), hidden=512), 0),
+    "vae-mnist-small": (Config(latent=16, channels=(32, 64), hidden=256), 1_688_545),
+    "vae-mnist": (Config(latent=32, channels=(32, 64), hidden=512), 3_331_585),
+    "vae-mnist-wide": (Config(latent=32, channels=(64, 128), hidden=512), 6_744_001),
 }

@@ -66,21 +66,18 @@ def save_images(images: torch.Tensor, out_dir, start: int = 0, prefix: str = "sa
 
 
 def load_image(path, channels: int, size: tuple[int, int]) -> torch.Tensor:
-    """A PNG/JPEG file -> (C, H, W) float in [0, 1], checked against the model's image size."""
-    from PIL import Image, UnidentifiedImageError
+    """A PNG/JPEG file -> (C, H, W) float in [0, 1]; an image of another size is an error (no resizing:
+    a walk through latent space should start from images like the training data)."""
+    from strata.data.images import open_image
 
     p = Path(path)
     if not p.is_file():
         raise StrataError(f"image {p} does not exist; give the path of a PNG or JPEG file")
-    try:
-        with Image.open(p) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            arr = np.asarray(im, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as e:
-        raise StrataError(f"image {p} could not be read as an image ({e}); give a PNG or JPEG file") from None
-    h, w = arr.shape[:2]
+    img = open_image(p, channels)  # mode L or RGB
+    w, h = img.size
     if (h, w) != tuple(size):
         raise StrataError(f"image {p} is {w}x{h} pixels; this model takes {size[1]}x{size[0]} images "
                           f"(resize it first, e.g. with PIL Image.resize)")
-    t = torch.from_numpy(arr)
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    t = torch.from_numpy(arr.copy())
     return t.unsqueeze(0) if channels == 1 else t.permute(2, 0, 1)  # (C, H, W)
