@@ -102,6 +102,8 @@ def _coerce(value, tp, where: str):
 
 def from_dict(cls, data: dict, where: str, ignore: tuple[str, ...] = ()):
     """Build dataclass `cls` from a dict, naming the key of every problem (`[optimizer] lr: ...`)."""
+    if not isinstance(data, dict):  # `trainer = 3` in the file, or --set trainer=3
+        raise ConfigError(f"{where}: expected a table, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in fields(cls) if f.init}
     kwargs = {}
