@@ -59,7 +59,10 @@ def pick_device(name: str = "auto") -> torch.device:
                           "or install a CUDA build of torch")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError("device 'mps' asked for, but MPS is not available here; use --device cpu")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is unknown; use auto, cpu, cuda, cuda:N or mps") from None
 
 
 def seed_everything(seed: int) -> None:
