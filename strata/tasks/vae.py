@@ -12,7 +12,9 @@ With the Bernoulli likelihood on MNIST grey levels in [0, 1], as in pytorch/exam
 the binary cross-entropy summed over the 784 pixels.
 
 `strata generate RUN_DIR --n 64 --out grid.png [--out-dir DIR] [--seed S]` samples z ~ N(0, I) and
-decodes it; `--interpolate a.png b.png` walks in a straight line between the two images' codes.
+decodes it (in bounded batches, through the helpers the GAN and diffusion tasks share);
+`--interpolate a.png b.png` walks in a straight line between the two images' codes.
+`strata evaluate RUN_DIR` adds the judge-classifier Frechet distance and class coverage of samples.
 """
 
 from __future__ import annotations
@@ -29,13 +31,12 @@ from strata.models.vae import gaussian_kl
 from strata.tasks import TASKS
 from strata.tasks.base import Task
 
-MAX_GRID = 400  # a grid PNG shows at most this many samples; --out-dir gets all of them
-GEN_BATCH = 256  # samples decoded at a time, so memory stays bounded for any --n
 UNSUPPORTED = {  # generate options that mean nothing for a VAE, with the reason
     "class_": "--class needs a class-conditional model; this VAE is unconditional",
     "guidance": "--guidance is classifier-free guidance for conditional diffusion models; this is a VAE",
     "steps": "--steps sets the sampling steps of a diffusion model; a VAE decodes in one step",
     "prompt": "--prompt is for language models; this is an image VAE",
+    "max_new_tokens": "--max-new-tokens is for language models; this is an image VAE",
 }
 
 
@@ -43,10 +44,15 @@ UNSUPPORTED = {  # generate options that mean nothing for a VAE, with the reason
 class Config:
     beta: float = 1.0  # weight of the KL term in the training loss
     kl_warmup_steps: int = 0  # ramp beta linearly from 0 over this many optimiser steps
+    eval_samples: int = 10000  # samples judged by `strata evaluate`
+    eval_batch: int = 500
+    judge_run: str = ""  # a classify run on the same data set; "" uses (or trains) the cached judge
 
     def __post_init__(self):
         check(self.beta >= 0, "[task] beta", f"must be >= 0, got {self.beta}")
         check(self.kl_warmup_steps >= 0, "[task] kl_warmup_steps", f"must be >= 0, got {self.kl_warmup_steps}")
+        check(self.eval_samples >= 2, "[task] eval_samples", f"must be >= 2, got {self.eval_samples}")
+        check(self.eval_batch >= 1, "[task] eval_batch", f"must be >= 1, got {self.eval_batch}")
 
 
 @TASKS.register("vae")
@@ -103,63 +109,57 @@ class VAETask(Task):
         return [{"nelbo": round(float(r + k), 3), "recon": round(float(r), 3), "kl": round(float(k), 3),
                  "z_mean": [round(float(v), 4) for v in m]} for r, k, m in zip(recon, kl, mu)]
 
+    def sampler(self, labels, count: int, generator: torch.Generator) -> torch.Tensor:
+        """The shared image-generator interface (strata/tasks/_imagegen.py); a VAE ignores labels."""
+        return self.model.sample(count, generator)
+
     @torch.no_grad()
     def generate(self, request: dict, run_dir) -> dict:
+        from strata.tasks import _imagegen as G
+
+        G.reject(request, UNSUPPORTED)
+        if request.get("n") is not None:
+            G._whole(request["n"], "--n")
+        self.eval()
+        if request.get("interpolate") is None:
+            return G.generate(request, run_dir, self.sampler, conditional=False, class_names=[], what="VAE")
+        return self.interpolate(request, run_dir)
+
+    @torch.no_grad()
+    def interpolate(self, request: dict, run_dir) -> dict:
+        """Decode evenly spaced points on the straight line between two images' posterior means."""
         from strata.report.grid import load_image, save_grid, save_images
 
-        for key, why in UNSUPPORTED.items():
-            if request.get(key) is not None:
-                raise StrataError(why)
-        n = request.get("n")
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n <= 0):
-            raise StrataError(f"--n must be a whole number >= 1, got {n!r}")
-        seed = request.get("seed")
-        out = request.get("out")
-        out_dir = request.get("out_dir")
+        paths = list(request["interpolate"])
+        if len(paths) != 2:
+            raise StrataError(f"--interpolate takes two image files (a.png b.png), got {len(paths)}")
+        out, out_dir = request.get("out"), request.get("out_dir")
         if out is None and out_dir is None:
-            out = Path(run_dir) / ("interpolation.png" if request.get("interpolate") else "samples.png")
-        self.eval()
+            out = Path(run_dir) / "interpolation.png"
         model = self.model
         dev = next(model.parameters()).device
-        gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-
-        if request.get("interpolate") is not None:
-            paths = list(request["interpolate"])
-            if len(paths) != 2:
-                raise StrataError(f"--interpolate takes two image files (a.png b.png), got {len(paths)}")
-            c, h, w = tuple(self.info["in_shape"])
-            ends = torch.stack([load_image(p, c, (h, w)) for p in paths]).to(dev)  # (2, C, H, W)
-            steps = n or 10
-            mu, _ = model.encode(ends)  # (2, latent)
-            t = torch.linspace(0, 1, steps, device=dev).unsqueeze(1)  # (steps, 1)
-            z = (1 - t) * mu[0] + t * mu[1]  # (steps, latent)
-            frames = model.mean_image(model.decode(z))  # (steps, C, H, W)
-            row = torch.cat([ends[:1], frames, ends[1:]])  # real a, the walk, real b
-            result = {"interpolate": [str(p) for p in paths], "steps": steps}
-            if out is not None:
-                result["out"] = str(save_grid(row, out, nrow=len(row)))
-            if out_dir is not None:
-                save_images(frames, out_dir, prefix="step")
-                result["out_dir"] = str(out_dir)
-            return result
-
-        n = n or 64
-        grid: list[torch.Tensor] = []
-        done = 0
-        while done < n:
-            b = min(GEN_BATCH, n - done)
-            imgs = model.sample(b, generator=gen).cpu()  # (b, C, H, W) in [0, 1]
-            if out_dir is not None:
-                save_images(imgs, out_dir, start=done)
-            if out is not None and done < MAX_GRID:
-                grid.append(imgs[: MAX_GRID - done])
-            done += b
-        result = {"n": n}
+        c, h, w = tuple(self.info["in_shape"])
+        ends = torch.stack([load_image(p, c, (h, w)) for p in paths]).to(dev)  # (2, C, H, W)
+        steps = request.get("n") or 10
+        mu, _ = model.encode(ends)  # (2, latent)
+        t = torch.linspace(0, 1, steps, device=dev).unsqueeze(1)  # (steps, 1)
+        z = (1 - t) * mu[0] + t * mu[1]  # (steps, latent)
+        frames = model.mean_image(model.decode(z)).cpu()  # (steps, C, H, W)
+        row = torch.cat([ends[:1].cpu(), frames, ends[1:].cpu()])  # real a, the walk, real b
+        result = {"interpolate": [str(p) for p in paths], "steps": steps}
         if out is not None:
-            shown = torch.cat(grid)
-            result["out"] = str(save_grid(shown, out))
-            if len(shown) < n:
-                result["grid_shows"] = len(shown)
+            result["out"] = str(save_grid(row, out, nrow=len(row)))
         if out_dir is not None:
+            save_images(frames, out_dir, prefix="step")
             result["out_dir"] = str(out_dir)
         return result
+
+    @torch.no_grad()
+    def evaluate_report(self, bundle, split: str, run_dir) -> dict[str, float]:
+        """`strata evaluate`: samples judged like the GAN's and diffusion's (Frechet distance in a
+        judge classifier's features, class coverage); see strata/metrics/judge.py."""
+        from strata.tasks import _imagegen as G
+
+        self.eval()
+        return G.evaluate(self.sampler, bundle, split, run_dir, judge_run=self.cfg.judge_run, n=self.cfg.eval_samples,
+                          info=self.info, conditional=False, batch=self.cfg.eval_batch)
