@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import random
 import tempfile
 import warnings
@@ -182,7 +183,7 @@ def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict, 
             continue
         try:
             result = _load_pair(folder, entry)
-        except (OSError, SafetensorError, RuntimeError, ValueError, KeyError, EOFError) as e:
+        except (OSError, SafetensorError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as e:
             errors.append(f"{entry['model']}: {e}")
             warnings.warn(f"checkpoint {folder / entry['model']} failed to load ({e}); trying the previous one")
             continue
