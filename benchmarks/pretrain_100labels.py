@@ -3,12 +3,12 @@
 1. Pretrain a VAE on the MNIST training images, labels unused (recipes/mnist-vae.toml, or a run
    folder given with --pretrained-run).
 2. Train the same classifier (the VAE's convolutional encoder + a small head) on only 100 labelled
-   images (10 per class when the data set offers `labels_per_class`, else a stratified 100):
+   images (`data.limit = 100`: a seeded stratified subset, 9 to 11 per class, the same in both runs):
    a) starting from the pretrained encoder, b) from random weights.
 Both use the same 100 images, seed, optimiser and epochs; the script prints both test accuracies
 and their ratio.
 
-    python benchmarks/pretrain_100labels.py                       # full: ~60 CPU-minutes on 2 cores
+    python benchmarks/pretrain_100labels.py                       # full: ~90 minutes on 2 shared CPU cores
     python benchmarks/pretrain_100labels.py --pretrained-run runs/mnist-vae
     python benchmarks/pretrain_100labels.py --quick               # a smoke run of a few minutes
 """
