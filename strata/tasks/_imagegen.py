@@ -133,7 +133,7 @@ def generate(request: dict, run_dir, sample: Sampler, *, conditional: bool, clas
 
 
 def evaluate(sample: Sampler, bundle, split: str, run_dir, *, judge_run: str, n: int, info: dict,
-             conditional: bool, seed: int = 0, batch: int = GEN_BATCH) -> dict[str, float]:
+             conditional: bool, seed: int = 0, batch: int = GEN_BATCH, device="cpu") -> dict[str, float]:
     """Judge n samples against n real images of `split` (strata/metrics/judge.py)."""
     from strata.metrics.judge import dataset_of, judge_samples, resolve_judge
 
@@ -143,7 +143,7 @@ def evaluate(sample: Sampler, bundle, split: str, run_dir, *, judge_run: str, n:
     real = data.tensors["x"][:n].float().cpu()
     ref = bundle.train.tensors["x"][:n].float().cpu() if hasattr(bundle.train, "tensors") else None
     class_names = info.get("class_names") or [str(i) for i in range(info.get("num_classes", 0))]
-    judge = resolve_judge(judge_run, dataset_of(run_dir), info)
+    judge = resolve_judge(judge_run, dataset_of(run_dir), info, device=device)
     labels = plan_labels(n, None, conditional, len(class_names))
     return judge_samples(judge, draw(sample, n, labels, seed, batch), real, class_names, real_reference=ref)
 

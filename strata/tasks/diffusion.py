@@ -280,7 +280,8 @@ class Diffusion(Task):
     def evaluate_report(self, bundle, split: str, run_dir) -> dict[str, float]:
         self.eval()
         out = G.evaluate(self.sample, bundle, split, run_dir, judge_run=self.cfg.judge_run, n=self.cfg.eval_samples,
-                         info=self.info, conditional=self.conditional, batch=self.cfg.eval_batch)
+                         info=self.info, conditional=self.conditional, batch=self.cfg.eval_batch,
+                         device=next(self.parameters()).device)
         out["sample_steps"] = float(self.cfg.sample_steps)
         if self.conditional:
             out["guidance"] = self.cfg.guidance

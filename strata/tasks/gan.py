@@ -89,7 +89,7 @@ class GAN(Task):
             "generator": (list(self.model.generator.parameters()), tuned(self.cfg.g_lr)),
         }
 
-    def _labels(self, batch: dict, n: int, device) -> torch.Tensor | None:
+    def _labels(self, batch: dict) -> torch.Tensor | None:
         if not self.conditional:
             return None
         if "y" not in batch:
@@ -110,7 +110,7 @@ class GAN(Task):
     def training_step(self, batch: dict):
         real = batch["x"] * 2 - 1  # [0, 1] -> [-1, 1], the generator's tanh range
         b = real.shape[0]
-        y = self._labels(batch, b, real.device)
+        y = self._labels(batch)
         gen = self.model.generator
 
         z = torch.randn(b, self.model.cfg.latent_dim, device=real.device)
@@ -134,7 +134,7 @@ class GAN(Task):
             self.validation_start()
         x = batch["x"]
         b = x.shape[0]
-        y = self._labels(batch, b, x.device)
+        y = self._labels(batch)
         z = torch.randn(b, self.model.cfg.latent_dim, generator=self._val_gen).to(x.device, x.dtype)
         fake = self.model.generator(z, y)
         loss_d, d_real, d_fake = self._d_loss(x * 2 - 1, fake, y)
@@ -200,7 +200,8 @@ class GAN(Task):
     def evaluate_report(self, bundle, split: str, run_dir) -> dict[str, float]:
         self.eval()
         return G.evaluate(self.sample, bundle, split, run_dir, judge_run=self.cfg.judge_run, n=self.cfg.eval_samples,
-                          info=self.info, conditional=self.conditional, batch=self.cfg.eval_batch)
+                          info=self.info, conditional=self.conditional, batch=self.cfg.eval_batch,
+                         device=next(self.parameters()).device)
 
     def summary_modules(self):
         return {"generator": self.model.generator, "discriminator": self.model.discriminator}
