@@ -172,3 +172,15 @@ def test_short_training_lowers_the_ema_noise_prediction_loss(mirror, tmp_path):
     after = summary["val/loss"]
     assert before == pytest.approx(1.0, abs=0.05)
     assert after < 0.4, (before, after)
+
+
+def test_generative_recipes_parse():
+    from pathlib import Path
+
+    from strata.config import load_config
+
+    root = Path(__file__).resolve().parents[2] / "recipes"
+    for name, task in (("mnist-dcgan", "gan"), ("fashion-dcgan", "gan"), ("mnist-ddpm", "diffusion"),
+                       ("fashion-ddpm", "diffusion")):
+        cfg = load_config(root / f"{name}.toml")
+        assert cfg.task.name == task and cfg.task.options["eval_samples"] == 10000
