@@ -154,11 +154,11 @@ def pad_batch(seqs: list[list[int]], max_len: int = 0) -> dict[str, torch.Tensor
     """Token lists -> {"tokens": (B, T) padded with 0, "lengths": (B,)}; cropped to max_len if > 0."""
     if max_len:
         seqs = [s[:max_len] for s in seqs]
-    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-    tokens = torch.full((len(seqs), max(1, int(lengths.max()) if len(seqs) else 1)), PAD, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        tokens[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-    return {"tokens": tokens, "lengths": lengths}
+    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+    tokens = np.full((len(seqs), max(1, int(lengths.max(initial=1)))), PAD, dtype=np.int64)
+    mask = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    tokens[mask] = np.fromiter((t for s in seqs for t in s), dtype=np.int64, count=int(lengths.sum()))
+    return {"tokens": torch.from_numpy(tokens), "lengths": torch.from_numpy(lengths)}
 
 
 MEDIA = {".wav", ".flac", ".mp3", ".ogg", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff",
@@ -214,7 +214,9 @@ class SST2(DatasetSpec):
         def split(sentences, y):
             if len(sentences) == 0:
                 return None
-            batch = pad_batch([tok.encode(s, warn=False) for s in sentences], opts.max_len)
+            ids = (tok.encode_batch(sentences) if hasattr(tok, "encode_batch")
+                   else [tok.encode(s, warn=False) for s in sentences])
+            batch = pad_batch(ids, opts.max_len)
             return TensorSplit({**batch, "y": torch.from_numpy(y)})
 
         majority = int(np.bincount(ytr[train_idx]).argmax())

@@ -55,9 +55,6 @@ def test_sst2_dev_is_test_and_val_comes_from_train(mirror):
         pad = torch.arange(t.shape[1])[None, :] >= n[:, None]
         assert torch.all(t[pad] == 0) and torch.all(t[~pad] != 0)
     assert b.info["class_names"] == ["negative", "positive"] and b.info["majority_class"] == 1
-    other = load_data(DataConfig(name="sst2", val_fraction=0.1, split_seed=1, options={"vocab_size": 1000}))
-    assert not torch.equal(b.val.tensors["y"][:200], other.val.tensors["y"][:200]) or \
-        not torch.equal(b.val.tensors["lengths"][:200], other.val.tensors["lengths"][:200])
 
 
 def test_sst_normalize_matches_the_corpus_form():
