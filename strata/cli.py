@@ -244,6 +244,9 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.formatwarning = lambda message, *a, **k: f"strata: warning: {message}\n"
     args = build_parser().parse_args(argv)
     from strata.errors import StrataError
     from strata.train import Interrupted

@@ -1,0 +1,1 @@
+"""Reusable layers: attention, rotary positions, feed-forward blocks, sampling. No training code."""
