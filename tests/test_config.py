@@ -241,3 +241,13 @@ def test_a_binary_file_is_not_valid_toml(tmp_path):
 def test_config_errors_are_strata_errors():
     # the CLI turns every StrataError into `strata CMD: error: ...` and exit code 2
     assert issubclass(ConfigError, StrataError)
+
+
+def test_every_shipped_recipe_is_a_valid_config():
+    from strata.recipes import recipes_dir
+
+    recipes = sorted(recipes_dir().glob("*.toml"))
+    assert len(recipes) >= 3
+    for path in recipes:
+        cfg = load_config(path)  # validates every section against the registered components
+        assert cfg.name and cfg.trainer.max_epochs >= 1, path.name
