@@ -376,6 +376,25 @@ def test_a_checkpoint_of_another_model_given_to_evaluate(cnn_run, mlp_run, tmp_p
     assert {p.name: p.read_bytes() for p in mixed.iterdir() if p.is_file()} == before
 
 
+def test_a_corrupt_newest_checkpoint_falls_back_with_a_warning_then_fails_clearly(cnn_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(cnn_run, run)
+    best = run / "checkpoints" / "best"
+    manifest = json.loads((best / "manifest.json").read_text())
+    assert manifest["previous"], "two epochs, two improving validations: best has a previous generation"
+    newest = best / manifest["current"]["model"]
+    newest.write_bytes(newest.read_bytes()[:100])  # a torn write
+    with pytest.warns(UserWarning, match="failed to load.*trying the previous one"):
+        code, out, err = cli("evaluate", run, "--json")
+    assert code == 0, err
+    assert 0 < json.loads(out)["test/acc"] <= 1
+    previous = best / manifest["previous"]["model"]
+    previous.write_bytes(b"")
+    with pytest.warns(UserWarning):
+        code, _, err = cli("evaluate", run)
+    assert_bad_input(code, err, "no loadable checkpoint in", str(best), max_lines=1)
+
+
 def test_generate_on_a_classifier_run(cnn_run):
     code, _, err = cli("generate", cnn_run, "--n", "4")
     assert_bad_input(code, err, "does not generate", "language-model", max_lines=1)
