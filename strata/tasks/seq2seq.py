@@ -185,11 +185,9 @@ class Seq2Seq(Task):
 
     @torch.no_grad()
     def predict_step(self, batch):
-        src_tok, tgt_tok = self.tokenizers()
+        _, tgt_tok = self.tokenizers()
         src, sl, _, _ = trim(batch)
-        out = self.translate_ids(src, sl, "beam")
-        return [{"source": src_tok.decode(s[:n]), "translation": tgt_tok.decode(h)}
-                for s, n, h in zip(src.tolist(), sl.tolist(), out)]
+        return [{"translation": tgt_tok.decode(h)} for h in self.translate_ids(src, sl, "beam")]
 
     def example_input(self, batch):
         src, sl, tgt, _ = trim(batch)

@@ -74,8 +74,7 @@ def test_predict_generate_and_evaluate_from_run_folder(run):
     from strata.evaluate import evaluate_run, generate_run, predict_run
 
     out = predict_run(result.run_dir, ["I am cold.", "Tom is here."], device="cpu")
-    assert [o["source"] for o in out] == ["I am cold.", "Tom is here."]
-    assert all(isinstance(o["translation"], str) and o["translation"] for o in out)
+    assert len(out) == 2 and all(isinstance(o["translation"], str) and o["translation"] for o in out)
     gen = generate_run(result.run_dir, {"prompt": "I am cold.", "temperature": 0.7, "top_k": 20, "seed": 1, "n": 2},
                        device="cpu")
     assert len(gen["samples"]) == 2
