@@ -68,6 +68,19 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_no_temp_file(tmp_path, mon
     assert files(tmp_path) == {"config.toml"}
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_atomically_written_files_get_the_usual_permissions(tmp_path):
+    # mkstemp makes 0600 files; a run folder's config, summary and checkpoints should be as readable
+    # as its metrics.jsonl (plain open), i.e. follow the umask
+    C.atomic_write(tmp_path / "summary.json", "{}")
+    save(tmp_path / "last", 1)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [*tmp_path.iterdir(), *(tmp_path / "last").iterdir()]
+             if p.is_file()}
+    assert set(modes.values()) == {plain.stat().st_mode & 0o777}, modes
+
+
 def test_generations_keep_current_and_previous_only_and_no_temp_files(tmp_path):
     folder = tmp_path / "last"
     for step in (10, 20, 30):
