@@ -109,7 +109,7 @@ def _resolve_preset(cfg, presets: dict, defaults: dict, model: str) -> None:
     """Fill n_layer / n_head / dim of a frozen config from `preset`, or from `defaults`."""
     shape = ("n_layer", "n_head", "dim")
     if cfg.preset:
-        check(cfg.preset in presets, f"[model] preset",
+        check(cfg.preset in presets, "[model] preset",
               f"unknown preset '{cfg.preset}' for {model}; known: {', '.join(presets)}")
         given = [k for k in shape if getattr(cfg, k) is not None]
         check(not given, "[model] preset", f"sets {', '.join(shape)}; remove {', '.join(given)} or the preset")

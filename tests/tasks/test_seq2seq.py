@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 import torch
 
-from conftest import mirror_location
+from conftest import NO_MIRROR, mirror_location
 from strata.data.tokenizers import PAD
 from strata.errors import DataError, StrataError
 
@@ -31,7 +31,7 @@ CONFIG = {
 def run(tmp_path_factory):
     where = mirror_location()
     if where is None:
-        pytest.skip("no data mirror: set STRATA_DATA_MIRROR")
+        pytest.skip(f"{NO_MIRROR}: set STRATA_DATA_MIRROR")
     from strata.api import train
 
     torch.set_num_threads(1)
