@@ -68,16 +68,26 @@ def request_class(request: dict):
     return request.get("class_", request.get("class"))
 
 
-def plan_labels(n: int, cls: int | None, conditional: bool, num_classes: int) -> torch.Tensor | None:
-    """Requested class per sample: the --class given, else the classes in turn (0, 1, ..., K-1, 0, ...)."""
-    if not conditional:
-        return None
-    if cls is not None:
-        return torch.full((n,), cls, dtype=torch.long)
-    return torch.arange(n) % num_classes
+class LabelPlan:
+    """The requested class of each sample: the --class given, else the classes in turn (0, 1, ...,
+    K-1, 0, ...). Sliced per batch, so a huge --n never builds an n-long tensor."""
+
+    def __init__(self, cls: int | None, num_classes: int):
+        self.cls, self.num_classes = cls, num_classes
+
+    def __getitem__(self, s: slice) -> torch.Tensor:
+        idx = torch.arange(s.start, s.stop)
+        return torch.full_like(idx, self.cls) if self.cls is not None else idx % self.num_classes
+
+    def classes(self, n: int) -> list[int]:
+        return [self.cls] if self.cls is not None else list(range(min(n, self.num_classes)))
 
 
-def draw(sample: Sampler, n: int, labels: torch.Tensor | None, seed: int, batch: int = GEN_BATCH):
+def plan_labels(n: int, cls: int | None, conditional: bool, num_classes: int) -> LabelPlan | None:
+    return LabelPlan(cls, num_classes) if conditional else None
+
+
+def draw(sample: Sampler, n: int, labels: LabelPlan | torch.Tensor | None, seed: int, batch: int = GEN_BATCH):
     """Yield (images, labels) batches of at most `batch` samples; one seeded generator for the lot."""
     gen = torch.Generator().manual_seed(int(seed))
     for start in range(0, n, batch):
@@ -86,14 +96,16 @@ def draw(sample: Sampler, n: int, labels: torch.Tensor | None, seed: int, batch:
         yield sample(y, count, gen).float().cpu(), y
 
 
-def write(sample: Sampler, n: int, labels: torch.Tensor | None, seed: int, out, out_dir,
+def write(sample: Sampler, n: int, labels: LabelPlan | None, seed: int, out, out_dir,
           num_classes: int | None = None) -> dict:
     """Draw n samples; a grid of the first MAX_GRID at `out`, every sample as a PNG in `out_dir`."""
     from strata.report.grid import save_grid, save_images
 
     grid: list[torch.Tensor] = []
     done = 0
-    for imgs, _ in draw(sample, n, labels, seed):
+    # Without --out-dir only the grid's samples are kept, so only those are drawn.
+    total = n if out_dir is not None else min(n, MAX_GRID)
+    for imgs, _ in draw(sample, total, labels, seed):
         if out_dir is not None:
             save_images(imgs, out_dir, start=done)
         if out is not None and done < MAX_GRID:
@@ -101,11 +113,11 @@ def write(sample: Sampler, n: int, labels: torch.Tensor | None, seed: int, out, 
         done += len(imgs)
     result: dict = {"n": n, "seed": seed}
     if labels is not None:
-        result["classes"] = sorted(set(labels.tolist()))
+        result["classes"] = labels.classes(n)
     if out is not None:
         shown = torch.cat(grid)
         # Classes in turn: one column per class, so each column shows one class.
-        nrow = num_classes if labels is not None and num_classes and len(set(labels.tolist())) > 1 else None
+        nrow = num_classes if labels is not None and labels.cls is None and num_classes else None
         result["out"] = str(save_grid(shown, out, nrow=nrow))
         if len(shown) < n:
             result["grid_shows"] = len(shown)

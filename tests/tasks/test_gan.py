@@ -100,6 +100,11 @@ def test_generate_large_n_in_batches(tmp_path):
 
     with Image.open(tmp_path / "grid.png") as im:
         assert im.size == (20 * 30 + 2, 20 * 30 + 2)  # 400 samples, 20 per row, 2 px padding
+    # A huge --n with only a grid draws just the grid's samples (bounded time and memory).
+    res = task.generate({"n": 10**9, "out": str(tmp_path / "big.png")}, tmp_path)
+    assert res["n"] == 10**9 and res["grid_shows"] == 400
+    res = make_task(conditional=True).generate({"n": 10**9, "out": str(tmp_path / "c.png")}, tmp_path)
+    assert res["classes"] == list(range(10)) and res["grid_shows"] == 400
 
 
 @pytest.mark.parametrize("conditional,request_,message", [
