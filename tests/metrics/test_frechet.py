@@ -115,3 +115,22 @@ def test_judge_errors(mnist_and_judge, tmp_path):
         resolve_judge(str(run_dir), "mnist", fashion)
     # No judge_run, no cached judge and training not allowed: None, not an error.
     assert resolve_judge("", "mnist", data.info, train_if_missing=False) is None
+
+
+@pytest.mark.parametrize("task", ["diffusion", "gan"])
+def test_evaluate_report_of_conditional_generators(mnist_and_judge, tmp_path, task):
+    """evaluate_report judges eval_samples samples (classes in turn) against the split."""
+    from strata.config import build_config
+    from strata.tasks import build_task
+
+    data, _, run_dir = mnist_and_judge
+    model = ({"name": "unet", "base_channels": 16, "channel_mult": [1, 2], "attention_levels": [1]}
+             if task == "diffusion" else {"name": "dcgan", "latent_dim": 16, "g_channels": 8, "d_channels": 8})
+    opts = {"sample_steps": 2} if task == "diffusion" else {}
+    cfg = build_config({"data": {"name": "mnist"}, "model": {**model, "conditional": True},
+                        "task": {"name": task, "judge_run": str(run_dir), "eval_samples": 40, "eval_batch": 16, **opts}})
+    torch.manual_seed(0)
+    report = build_task(cfg, data.info).evaluate_report(data, "test", tmp_path)
+    assert report["samples"] == 40 and report["frechet"] > report["frechet_real"] > 0
+    assert 0 <= report["recognised"] <= 1 and 0 <= report["recognised_min_class"] <= report["recognised"]
+    assert sum(report[f"share/{n}"] for n in data.info["class_names"]) == pytest.approx(1.0)
