@@ -606,8 +606,8 @@ def test_predict_reads_the_digits_a_user_draws(quickstart, tmp_path):
     assert all(0 < p["probability"] <= 1 and p["top"][0]["label"] == p["label"] for p in preds)
     correct = sum(int(p["label"]) == y for p, y in zip(preds, labels))
     print(f"\nstrata predict: {correct}/{len(paths)} drawn digits right")
-    # 99% on the test tensors; through PNG files fewer (23/30 measured): the 32 -> 8 bilinear resize blurs
-    # strokes, and the inversion heuristic misses light images whose strokes touch the border
-    assert correct >= 0.6 * len(paths), f"{correct}/{len(paths)} right"
+    # 99% on the test tensors; through 32x32 dark-on-light PNG files 29/30 measured (box-filter shrink,
+    # inversion judged against the known training background)
+    assert correct >= 0.85 * len(paths), f"{correct}/{len(paths)} right"
     assert f"resized {paths[0]} from 32x32 to 8x8" in r.stderr
     assert f"inverted {paths[0]}" in r.stderr  # dark on light, unlike the training images

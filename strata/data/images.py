@@ -39,20 +39,29 @@ def open_image(path: str | Path, channels: int):
         img = Image.alpha_composite(white, rgba)
     if channels not in (1, 3):
         raise DataError(f"images with {channels} channels are not supported; use 1 (grayscale) or 3 (RGB)")
-    return img.convert("L" if channels == 1 else "RGB")
+    return img
+
+
+def convert_channels(img, channels: int, path, say=None):
+    mode = "L" if channels == 1 else "RGB"
+    if img.mode != mode and say and img.mode not in ("1", "L", "I", "I;16", "F", "P"):
+        say(f"converted {path} from {img.mode} to {'grayscale' if channels == 1 else 'RGB'} (the training channels)")
+    return img.convert(mode)
 
 
 def load_image(path: str | Path, channels: int, size: int | tuple[int, int], say=None) -> np.ndarray:
     """float32 (channels, H, W) in [0, 1], resized to `size` (int: square) when it differs.
     `say(message)` is told about any resize."""
     h, w = (size, size) if isinstance(size, int) else size
-    img = open_image(path, channels)
+    img = convert_channels(open_image(path, channels), channels, path, say)
     if img.size != (w, h):
         from PIL import Image
 
         if say:
             say(f"resized {path} from {img.size[0]}x{img.size[1]} to {w}x{h} (the training size)")
-        img = img.resize((w, h), Image.Resampling.BILINEAR)
+        # shrinking: average each pixel's footprint (box), as scanned digits are made; growing: bilinear
+        shrink = img.size[0] > w or img.size[1] > h
+        img = img.resize((w, h), Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR)
     x = np.asarray(img, dtype=np.float32) / 255.0
     return x[None] if x.ndim == 2 else x.transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
 
@@ -63,9 +72,12 @@ def border_mean(x: np.ndarray) -> float:
     return float(sum(e.sum() for e in edges) / sum(e.size for e in edges))
 
 
-def background(x: np.ndarray) -> str | None:
-    """'dark' or 'light' when the training images (N, C, H, W) share a clear background, else None."""
+def background(x: np.ndarray, threshold: float | None = None) -> str | None:
+    """'dark' or 'light' when the images (N, C, H, W) share a clear background, else None. With a
+    threshold (a single input judged against a known training background), the nearer side wins."""
     m = border_mean(x)
+    if threshold is not None:
+        return "dark" if m < threshold else "light"
     return "dark" if m < 0.25 else "light" if m > 0.75 else None
 
 
@@ -115,7 +127,7 @@ def encode_image_files(inputs: list[str], info: dict, say=None) -> dict[str, tor
     out = []
     for p in inputs:
         x = load_image(p, c, (h, w), say)
-        mine = background(x[None])
+        mine = background(x[None], threshold=0.5) if bg else None
         if bg and mine and mine != bg:
             say(f"inverted {p}: its background is {mine}, training images have a {bg} background")
             x = 1.0 - x

@@ -393,13 +393,14 @@ class Trainer:
             if stop or (t.max_steps and self.step >= t.max_steps):
                 break
         # end of epoch
-        train_loss = float(loss_sum) / max(1, n_logged)
         self.epoch += 1
         self.batch_in_epoch = 0
         for s in self.schedules.values():
             s.epoch_end()
-        self.log("train", loss=train_loss, lr=self._lr())
-        metrics = {"train/loss": train_loss}
+        metrics = {}
+        if n_logged:  # nothing since a mid-epoch validation: no new training loss to report
+            metrics["train/loss"] = float(loss_sum) / n_logged
+            self.log("train", loss=metrics["train/loss"], lr=self._lr())
         stop = self._validate_and_select(metrics) or stop
         seconds = time.perf_counter() - epoch_start
         self.progress.end_epoch(self.epoch, {**metrics, "lr": self._lr()}, seconds)
