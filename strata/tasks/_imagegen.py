@@ -117,7 +117,7 @@ def write(sample: Sampler, n: int, labels: LabelPlan | None, seed: int, out, out
     if out is not None:
         shown = torch.cat(grid)
         # Classes in turn: one column per class, so each column shows one class.
-        nrow = num_classes if labels is not None and labels.cls is None and num_classes else None
+        nrow = min(num_classes, len(shown)) if labels is not None and labels.cls is None and num_classes else None
         result["out"] = str(save_grid(shown, out, nrow=nrow))
         if len(shown) < n:
             result["grid_shows"] = len(shown)
