@@ -35,6 +35,9 @@ class ToyRegression(DatasetSpec):
     """y = x @ w + noise, 4 features: a linear model can fit it."""
 
     Config = ToyDataConfig
+    description = "toy linear regression (tests only)"
+    license = "generated"
+    splits = "generated train / val / test"
 
     def load(self, data_cfg, opts):
         g = torch.Generator().manual_seed(123)
@@ -52,6 +55,9 @@ class ToySequences(DatasetSpec):
     """Variable-length integer sequences; label = whether the sequence sum is even. Streams through a collate."""
 
     Config = None
+    description = "toy variable-length sequences (tests only)"
+    license = "generated"
+    splits = "generated train / val"
 
     class _Seqs(torch.utils.data.Dataset):
         def __init__(self, n, seed):
