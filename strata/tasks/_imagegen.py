@@ -144,6 +144,15 @@ def generate(request: dict, run_dir, sample: Sampler, *, conditional: bool, clas
     return result
 
 
+def _subset(x: torch.Tensor, n: int) -> torch.Tensor:
+    """n images drawn at random (fixed seed): MNIST's test file, for one, is not uniform along its
+    length (its two halves come from different writers, judge Frechet ~39 between them)."""
+    if n >= len(x):
+        return x.float().cpu()
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]
+    return x[idx].float().cpu()
+
+
 def evaluate(sample: Sampler, bundle, split: str, run_dir, *, judge_run: str, n: int, info: dict,
              conditional: bool, seed: int = 0, batch: int = GEN_BATCH, device="cpu") -> dict[str, float]:
     """Judge n samples against n real images of `split` (strata/metrics/judge.py)."""
@@ -152,8 +161,8 @@ def evaluate(sample: Sampler, bundle, split: str, run_dir, *, judge_run: str, n:
     data = getattr(bundle, split, None)
     if data is None or not hasattr(data, "tensors"):
         raise StrataError(f"this data set has no in-memory {split} split of images to compare samples with")
-    real = data.tensors["x"][:n].float().cpu()
-    ref = bundle.train.tensors["x"][:n].float().cpu() if hasattr(bundle.train, "tensors") else None
+    real = _subset(data.tensors["x"], n)
+    ref = _subset(bundle.train.tensors["x"], n) if hasattr(bundle.train, "tensors") else None
     class_names = info.get("class_names") or [str(i) for i in range(info.get("num_classes", 0))]
     judge = resolve_judge(judge_run, dataset_of(run_dir), info, device=device)
     labels = plan_labels(n, None, conditional, len(class_names))

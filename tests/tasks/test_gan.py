@@ -150,7 +150,7 @@ def test_short_training_cuts_the_judge_frechet_distance(mirror, tmp_path):
     r["optimizer"]["lr"] = 4e-4  # twice DCGAN's rate: a faster start for a short test
     cfg = build_config(r)
     full = load_data(cfg.data)
-    real = full.test.tensors["x"][:500]
+    real = G._subset(full.test.tensors["x"], 500)  # the same 500 test images evaluate_report uses
 
     def frechet(task):
         return judge_samples(judge, G.draw(task.sample, 500, None, 0), real, INFO["class_names"])["frechet"]
