@@ -9,7 +9,6 @@ is caught at load with the closest valid name.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, field, fields

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from strata.errors import DataError
+from strata.files import atomic_write
 
 CHUNK = 1 << 20
 TIMEOUT_S = 30.0
@@ -122,24 +123,10 @@ def _cache_ok(path: Path, sha256: str) -> bool:
     if sha256_of(path) != sha256:
         return False
     try:
-        _write_atomic(side, f"{sha256} {_stamp(path)}".encode())
+        atomic_write(side, f"{sha256} {_stamp(path)}".encode())
     except OSError:
         pass  # a read-only cache only costs a re-hash next time
     return True
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class _Mismatch(Exception):
@@ -169,7 +156,7 @@ def _copy_verified(src: str, dest: Path, sha256: str) -> None:
         os.replace(tmp, dest)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    _write_atomic(_sidecar(dest), f"{sha256} {_stamp(dest)}".encode())
+    atomic_write(_sidecar(dest), f"{sha256} {_stamp(dest)}".encode())
 
 
 def _how_to_get(dataset: str | None) -> str:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from strata.config import check
 from strata.models import build_model
 from strata.tasks import TASKS
-from strata.tasks.base import Loss, Task
+from strata.tasks.base import Task
 
 
 def random_shift(x: torch.Tensor, pixels: int) -> torch.Tensor:

@@ -17,10 +17,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import pickle
 import random
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -31,52 +29,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from strata.errors import CheckpointError
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def atomic_write(path: str | Path, data: bytes | str) -> None:
-    """Write bytes (or text) to `path` so that a reader sees the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the mode a plain open() would
-            os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+from strata.files import atomic_write  # noqa: F401  (re-exported: the trainer writes run files with it)
 
 
 def weights_sha256(state: dict[str, torch.Tensor]) -> str:

@@ -17,7 +17,6 @@ import random
 import signal
 import sys
 import time
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 

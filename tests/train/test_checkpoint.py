@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+import strata.files
 from strata.errors import CheckpointError
 from strata.train import checkpoint as C
 
@@ -61,7 +62,7 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_no_temp_file(tmp_path, mon
     def disk_full(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(C.os, "fsync", disk_full)
+    monkeypatch.setattr(strata.files.os, "fsync", disk_full)
     with pytest.raises(OSError):
         C.atomic_write(target, "new")
     assert target.read_text() == "old"

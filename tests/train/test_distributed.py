@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from strata.train.checkpoint import load_checkpoint
@@ -57,7 +56,7 @@ def test_two_processes_match_one_process_over_the_same_global_batch(tmp_path: Pa
     _run([sys.executable, "-m", "strata", "train", str(one_cfg), "--run-dir", str(tmp_path / "one"),
           "--device", "cpu"], env)
     out = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-                f"--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "strata", "train", str(two_cfg),
+                "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "strata", "train", str(two_cfg),
                 "--run-dir", str(tmp_path / "two"), "--device", "cpu"], env)
     assert out.stdout.count("training ddp-test") == 1  # only rank 0 logs
 

@@ -308,7 +308,7 @@ def test_cosine_schedule_warms_up_then_decays():
 def test_reduce_on_plateau_lowers_lr(tmp_path):
     cfg = config(max_epochs=12) | {"optimizer": {"name": "sgd", "lr": 0.3},
                                    "schedule": {"name": "plateau", "patience": 0, "factor": 0.5}}
-    res = train(cfg, run_dir=tmp_path / "run")
+    train(cfg, run_dir=tmp_path / "run")
     lrs = [json.loads(line).get("lr") for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     lrs = [lr for lr in lrs if lr is not None]
     assert min(lrs) < 0.3
