@@ -185,6 +185,19 @@ class GAN(Task):
         return ((x.float() + 1) / 2).clamp(0, 1)
 
     @torch.no_grad()
+    def predict_step(self, batch: dict) -> list[dict]:
+        """`strata predict` on images: how real the discriminator finds each one, sigmoid(D(x)) in
+        [0, 1] (for a conditional D, under the class it finds most real)."""
+        x = batch["x"] * 2 - 1
+        d = self.model.discriminator
+        if not self.conditional:
+            return [{"realness": round(float(p), 6)} for p in torch.sigmoid(d(x).float())]
+        k = len(self.class_names)
+        scores = torch.stack([d(x, torch.full((len(x),), c, device=x.device)) for c in range(k)], 1)  # (B, K)
+        best, idx = torch.sigmoid(scores.float()).max(1)
+        return [{"realness": round(float(p), 6), "class": self.class_names[int(i)]} for p, i in zip(best, idx)]
+
+    @torch.no_grad()
     def generate(self, request: dict, run_dir) -> dict:
         G.reject(request, {
             "steps": "--steps sets the sampling steps of a diffusion model; a GAN draws each image in one pass",

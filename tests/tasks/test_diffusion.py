@@ -184,3 +184,9 @@ def test_generative_recipes_parse():
                        ("fashion-ddpm", "diffusion")):
         cfg = load_config(root / f"{name}.toml")
         assert cfg.task.name == task and cfg.task.options["eval_samples"] == 10000
+
+
+def test_predict_gives_a_denoising_error():
+    task = make_task().eval()
+    out = task.predict_step({"x": torch.rand(2, 1, 28, 28)})
+    assert len(out) == 2 and all(o["denoising_error"] == pytest.approx(1.0, abs=0.1) for o in out)  # zero-init net

@@ -168,3 +168,11 @@ def test_short_training_cuts_the_judge_frechet_distance(mirror, tmp_path):
     assert report["samples"] == 500 and 0 <= report["share_min"] <= 0.1 <= report["share_max"] <= 1
     assert sum(v for k, v in report.items() if k.startswith("share/")) == pytest.approx(1.0)
     assert 0 < report["frechet_real"] < after
+
+
+def test_predict_gives_the_discriminator_realness():
+    x = {"x": torch.rand(3, 1, 28, 28)}
+    out = make_task().eval().predict_step(x)
+    assert len(out) == 3 and all(0 <= o["realness"] <= 1 for o in out)
+    out = make_task(conditional=True).eval().predict_step(x)
+    assert all(o["class"] in INFO["class_names"] for o in out)
