@@ -70,7 +70,11 @@ def load_run(run_dir, which: str = "best", device: str | torch.device = "cpu") -
                           "`strata train` wrote")
     cfg = load_config(run_dir / "config.toml")
     info_path = run_dir / "info.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    try:
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    except (ValueError, OSError) as e:
+        raise StrataError(f"{info_path} is unreadable ({e}); it is written by `strata train`: restore it from the "
+                          "run folder's backup or train again") from None
     ckpt = run_dir / "checkpoints" / which
     if not (ckpt / "manifest.json").exists():
         ckpt = run_dir / "checkpoints" / "last"

@@ -13,6 +13,7 @@ then renamed into place, so an interrupted or corrupt transfer never lands in th
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sys
 import tempfile
@@ -192,7 +193,7 @@ def fetch(relpath: str, sha256: str, *, dataset: str | None = None, quiet: bool 
                 f"written to the cache). The mirror's copy is corrupt or a different version: replace it, or "
                 f"point STRATA_DATA_MIRROR at another mirror"
             ) from None
-        except (urllib.error.URLError, OSError, ValueError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
             reason = getattr(e, "reason", None) or e
             tried.append(f"{src} ({reason})")
     where = "; ".join(tried) if tried else "no mirror: STRATA_DATA_MIRROR is unset and no public mirror is known"

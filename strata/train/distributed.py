@@ -41,6 +41,11 @@ class Dist:
             for t in list(module.parameters()) + list(module.buffers()):
                 dist.broadcast(t.data, src=0)
 
+    def broadcast_buffers(self, module: torch.nn.Module) -> None:
+        if self.enabled:
+            for t in module.buffers():
+                dist.broadcast(t.data, src=0)
+
     def average_grads(self, params: list[torch.nn.Parameter]) -> None:
         if not self.enabled:
             return

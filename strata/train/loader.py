@@ -46,6 +46,8 @@ class EpochBatches:
             self.data = data
             self.collate = collate
         if shuffle:
+            # a last batch of a single example is dropped too: batch norm cannot train on one example
+            drop_last = drop_last or n % self.global_batch == 1
             self.num_batches = n // self.global_batch if drop_last else math.ceil(n / self.global_batch)
         else:
             # evaluation: rank r sees examples r, r+world, ... (each exactly once overall)

@@ -56,6 +56,8 @@ def pick_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' asked for, but this torch build sees no CUDA GPU; use --device cpu "
                           "or install a CUDA build of torch")
+    if name == "cuda":  # under torchrun, each process takes its own GPU
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError("device 'mps' asked for, but MPS is not available here; use --device cpu")
     try:
@@ -138,9 +140,13 @@ class Trainer:
             run_dir = self.dist.broadcast_object(str(default_run_dir(cfg.name)))
         self.run_dir = Path(run_dir)
         self.resume = resume
-        if resume and not (self.run_dir / "checkpoints" / "last" / "manifest.json").exists():
+        has_ckpt = (self.run_dir / "checkpoints" / "last" / "manifest.json").exists()
+        if resume and not has_ckpt:
             raise CheckpointError(f"--resume: no checkpoint at {self.run_dir / 'checkpoints' / 'last'}; "
                                   f"drop --resume to start a new run there")
+        if not resume and has_ckpt:
+            raise StrataError(f"run folder {self.run_dir} already holds a run; add --resume to continue it, or "
+                              "choose another --run-dir for a new run")
         self.main = self.dist.is_main
         self.progress = progress or Progress(t.progress, t.log_every_s, enabled=self.main)
         self._bundle = bundle
@@ -160,6 +166,8 @@ class Trainer:
         self.info = dict(self.bundle.info)
         self.task = build_task(cfg, self.info).to(self.device)
         self.dist.broadcast_params(self.task)
+        if self.dist.enabled:  # same initial weights everywhere, then each rank its own dropout / noise
+            seed_everything(t.seed + self.dist.rank)
         specs = self.task.configure_optimizers(cfg.optimizer)
         self.optimizers = {name: build_optimizer(params, ocfg) for name, (params, ocfg) in specs.items()}
         self.opt_params = {name: [p for g in o.param_groups for p in g["params"]] for name, o in self.optimizers.items()}
@@ -172,7 +180,7 @@ class Trainer:
         if len(self.train_batches) == 0:
             raise ConfigError(f"[data] batch_size: {bs} x {self.dist.world} process(es) is larger than the "
                               f"{len(self.bundle.train)} training examples; lower batch_size or raise data.limit")
-        self.steps_per_epoch = max(1, len(self.train_batches) // t.grad_accum)
+        self.steps_per_epoch = math.ceil(len(self.train_batches) / t.grad_accum)
         total = self.steps_per_epoch * t.max_epochs
         self.total_steps = min(total, t.max_steps) if t.max_steps else total
         self.schedules = {name: build_schedule(o, cfg.schedule, self.total_steps, self.steps_per_epoch, t.mode)
@@ -181,6 +189,7 @@ class Trainer:
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
         self.scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
+        self._dry_run()
         if t.compile:
             for m in self.task.children():
                 m.compile()
@@ -196,6 +205,25 @@ class Trainer:
             self._restore()
         if self.main:
             self._write_run_files()
+
+    def _dry_run(self):
+        """One evaluation step on two examples before training: a model that does not fit the data
+        (wrong input size, channels, vocabulary, context) is reported here, as bad input, not as a
+        traceback from deep inside the first training step."""
+        data = self.bundle.val if self.bundle.val is not None and len(self.bundle.val) else self.bundle.train
+        _, batch = next(EpochBatches(data, 2, False, 0, self.device, collate=self.bundle.collate).epoch(0))
+        self.task.eval()
+        try:
+            with torch.no_grad(), self.autocast():
+                self.task.validation_step(batch)
+        except (RuntimeError, ValueError, IndexError, KeyError, TypeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"[model] '{self.cfg.model.name}' does not fit the data of '{self.cfg.data.name}' "
+                              f"with task '{self.cfg.task.name}': {first}. Check the [model] keys against the data "
+                              f"(`strata summary CONFIG` shows the shapes)") from e
+        finally:
+            self.task.validation_start()
+            self.task.train()
 
     def _write_run_files(self):
         d = self.run_dir
@@ -242,8 +270,15 @@ class Trainer:
                                self.cfg.to_dict(), self.step)
 
     def _restore(self):
-        weights, state, _ = load_checkpoint(self.run_dir / "checkpoints" / "last")
+        weights, state, saved = load_checkpoint(self.run_dir / "checkpoints" / "last")
         check_compatible(self.task.state_dict(), weights, str(self.run_dir / "checkpoints" / "last"))
+        now = self.cfg.to_dict()
+        changed = [f"[{sec}]" for sec in ("model", "task", "optimizer") if saved.get(sec, now[sec]) != now[sec]]
+        changed += ["[data] name"] if saved.get("data", {}).get("name", self.cfg.data.name) != self.cfg.data.name else []
+        if changed:
+            raise CheckpointError(f"--resume: {', '.join(changed)} differ from the config the checkpoint in "
+                                  f"{self.run_dir} was trained with; resume with {self.run_dir / 'config.toml'} "
+                                  "(or start a new run folder for the new settings)")
         self.task.load_state_dict(weights)
         for k, o in self.optimizers.items():
             o.load_state_dict(state["optimizers"][k])
@@ -331,6 +366,9 @@ class Trainer:
             self._phase(loss, boundary)
             if first is None:
                 first = loss
+            if loss.logs:
+                for k, v in loss.logs.items():
+                    self._logs_sum[k] = self._logs_sum.get(k, 0.0) + v.detach().float()
         if boundary and self.scaler:
             self.scaler.update()
         return first
@@ -362,6 +400,7 @@ class Trainer:
         epoch_start = time.perf_counter()
         total = len(self.train_batches)
         loss_sum = torch.zeros((), device=self.device)
+        self._logs_sum: dict[str, torch.Tensor] = {}  # a task's extra per-step figures (Loss.logs)
         n_logged = 0
         samples = 0
         self.progress.start_epoch(self.epoch + 1, total)
@@ -377,12 +416,14 @@ class Trainer:
             if not boundary:
                 continue
             self.step += 1
+            if self.dist.enabled:
+                self._agree_on_stop()
             self.progress.update(self.epoch + 1, i + 1, total, self.step,
                                  lambda: {"loss": float(loss_sum) / max(1, n_logged)}, samples)
             if self._stop_signal is not None:
                 return True
             if val_every and self.step % val_every == 0 and i + 1 < total:
-                self.log("train", loss=float(loss_sum) / n_logged, lr=self._lr())
+                self.log("train", loss=float(loss_sum) / n_logged, lr=self._lr(), **self._mean_logs(n_logged))
                 loss_sum.zero_()
                 n_logged = 0
                 stop = self._validate_and_select()
@@ -399,13 +440,25 @@ class Trainer:
         metrics = {}
         if n_logged:  # nothing since a mid-epoch validation: no new training loss to report
             metrics["train/loss"] = float(loss_sum) / n_logged
-            self.log("train", loss=metrics["train/loss"], lr=self._lr())
+            self.log("train", loss=metrics["train/loss"], lr=self._lr(), **self._mean_logs(n_logged))
         stop = self._validate_and_select(metrics) or stop
         seconds = time.perf_counter() - epoch_start
         self.progress.end_epoch(self.epoch, {**metrics, "lr": self._lr()}, seconds)
         if t.max_steps and self.step >= t.max_steps:
             stop = True
         return stop
+
+    def _mean_logs(self, n: int) -> dict[str, float]:
+        out = {f"train/{k}": float(v) / n for k, v in self._logs_sum.items()}
+        self._logs_sum = {}
+        return out
+
+    def _agree_on_stop(self):
+        """A signal reaches the ranks at different steps: all stop at the step where any saw it."""
+        flag = torch.tensor([float(self._stop_signal or 0)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() and self._stop_signal is None:
+            self._stop_signal = int(flag.item())
 
     def _lr(self) -> float:
         return next(iter(self.optimizers.values())).param_groups[0]["lr"]
@@ -416,7 +469,8 @@ class Trainer:
         t = self.cfg.trainer
         stop = False
         if self.bundle.val is not None and len(self.bundle.val) > 0:
-            val = self.evaluate_split("val")
+            self.dist.broadcast_buffers(self.task)  # e.g. batch-norm statistics: rank 0's everywhere
+            val = self.dist.broadcast_object(self.evaluate_split("val"))
             if metrics is not None:
                 metrics.update(val)
             self.history.append({"step": self.step, "epoch": self.epoch, **val})

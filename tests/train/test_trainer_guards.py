@@ -1,0 +1,88 @@
+"""Regression tests for the review's findings: each guard gives bad input a clear error, and each
+edge of the loop (accumulation remainders, one-example batches, extra task logs) works."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from strata.api import train
+from strata.data.base import TensorSplit
+from strata.errors import CheckpointError, ConfigError, StrataError
+from strata.tasks import TASKS
+from strata.tasks.base import Loss
+from strata.tasks.classify import Classify
+from strata.train.loader import EpochBatches
+
+DIGITS = {
+    "name": "guards",
+    "data": {"name": "digits", "batch_size": 32},
+    "model": {"name": "mlp", "hidden": [16]},
+    "task": {"name": "classify"},
+    "trainer": {"max_epochs": 1, "progress": "off"},
+}
+
+
+def test_a_model_that_does_not_fit_the_data_is_a_config_error_before_training(tmp_path):
+    # an MLP told to expect 28x28 images, given 8x8 digits
+    with pytest.raises(ConfigError, match=r"\[model\] 'mlp' does not fit the data of 'digits'"):
+        train(DIGITS, ["model.in_shape=[1, 28, 28]"], run_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints" / "last").exists()
+
+
+def test_a_used_run_folder_needs_resume(tmp_path):
+    train(DIGITS, run_dir=tmp_path / "run")
+    with pytest.raises(StrataError, match="already holds a run; add --resume"):
+        train(DIGITS, run_dir=tmp_path / "run")
+
+
+def test_resume_with_other_settings_names_what_changed(tmp_path):
+    train(DIGITS, ["trainer.max_epochs=1"], run_dir=tmp_path / "run")
+    with pytest.raises(CheckpointError, match=r"\[optimizer\] differ"):
+        train(DIGITS, ["optimizer.name='sgd'", "trainer.max_epochs=2"], run_dir=tmp_path / "run", resume=True)
+    res = train(DIGITS, ["trainer.max_epochs=2"], run_dir=tmp_path / "run", resume=True)
+    assert res.summary["epochs"] == 2
+
+
+def test_onecycle_with_accumulation_remainder_finishes(tmp_path):
+    # 1213 examples / 32 = 38 batches; accumulating 5 leaves a group of 3 at each epoch's end
+    res = train(DIGITS, ["schedule.name='onecycle'", "trainer.grad_accum=5", "trainer.max_epochs=2"],
+                run_dir=tmp_path / "run")
+    assert res.summary["steps"] == 2 * 8
+
+
+def test_a_last_training_batch_of_one_example_is_dropped():
+    split = TensorSplit({"x": torch.zeros(33, 2)})
+    batches = EpochBatches(split, 16, True, 0, torch.device("cpu"))
+    assert [len(b["x"]) for _, b in batches.epoch(0)] == [16, 16]
+    evaluation = EpochBatches(split, 16, False, 0, torch.device("cpu"))
+    assert sum(len(b["x"]) for _, b in evaluation.epoch(0)) == 33  # evaluation sees every example
+
+
+def test_batch_norm_trains_when_the_data_leaves_one_example_over(tmp_path):
+    # 1213 training digits with batch 12 leave exactly one over
+    res = train(DIGITS, ["data.batch_size=12", "model.norm='batch'"], run_dir=tmp_path / "run")
+    assert res.summary["steps"] == 1213 // 12
+
+
+class _ClassifyWithLogs(Classify):
+    """classify, also reporting the share of the batch it gets right as a per-step log."""
+
+    def training_step(self, batch):
+        logits = self.model(batch["x"])
+        yield Loss("main", F.cross_entropy(logits, batch["y"]),
+                   {"batch_acc": (logits.argmax(-1) == batch["y"]).float().mean()})
+
+
+TASKS.register("toy_classify_with_logs", _ClassifyWithLogs)
+
+
+def test_task_logs_are_averaged_into_the_training_events(tmp_path):
+    train({**DIGITS, "task": {"name": "toy_classify_with_logs"}, "trainer": {"max_epochs": 3, "progress": "off"}},
+          run_dir=tmp_path / "run")
+    events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    accs = [e["train/batch_acc"] for e in events if e["event"] == "train"]
+    assert len(accs) == 3 and 0 <= accs[0] < accs[-1] <= 1  # one mean per epoch, rising as it learns
