@@ -31,6 +31,17 @@ def random_shift(x: torch.Tensor, pixels: int) -> torch.Tensor:
     return padded.permute(0, 2, 3, 1)[idx_b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
+def top_k_predictions(logits: torch.Tensor, class_names: list[str], k: int) -> list[dict]:
+    """(B, classes) logits -> per example: the label, its probability, and the k most likely classes."""
+    probs = logits.float().softmax(-1)
+    top_p, top_i = probs.topk(min(k, probs.shape[-1]), dim=-1)
+    out = []
+    for ps, ids in zip(top_p.tolist(), top_i.tolist()):
+        top = [{"label": class_names[i], "index": i, "probability": round(p, 6)} for p, i in zip(ps, ids)]
+        out.append({"label": top[0]["label"], "probability": top[0]["probability"], "top": top})
+    return out
+
+
 @dataclass(frozen=True)
 class ClassifyConfig:
     num_classes: int = 10  # from the data set
@@ -74,14 +85,7 @@ class Classify(Task):
 
     @torch.no_grad()
     def predict_step(self, batch):
-        probs = self.model(batch["x"]).float().softmax(-1)
-        k = min(self.cfg.top_k, probs.shape[-1])
-        top_p, top_i = probs.topk(k, dim=-1)
-        out = []
-        for ps, ids in zip(top_p.tolist(), top_i.tolist()):
-            top = [{"label": self.class_names[i], "index": i, "probability": round(p, 6)} for p, i in zip(ps, ids)]
-            out.append({"label": top[0]["label"], "probability": top[0]["probability"], "top": top})
-        return out
+        return top_k_predictions(self.model(batch["x"]), self.class_names, self.cfg.top_k)
 
     @torch.no_grad()
     def predictions(self, x: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from strata.config import check
 from strata.models import build_model
 from strata.tasks import TASKS
 from strata.tasks.base import Task
+from strata.tasks.classify import top_k_predictions
 
 
 def spec_augment(x: torch.Tensor, lengths: torch.Tensor, freq_mask: int, time_mask: int) -> torch.Tensor:
@@ -102,11 +103,4 @@ class SequenceClassify(Task):
     @torch.no_grad()
     def predict_step(self, batch):
         x, lengths = self.inputs(batch)
-        probs = self.model(x, lengths).float().softmax(-1)
-        k = min(self.cfg.top_k, probs.shape[-1])
-        top_p, top_i = probs.topk(k, dim=-1)
-        out = []
-        for ps, ids in zip(top_p.tolist(), top_i.tolist()):
-            top = [{"label": self.class_names[i], "index": i, "probability": round(p, 6)} for p, i in zip(ps, ids)]
-            out.append({"label": top[0]["label"], "probability": top[0]["probability"], "top": top})
-        return out
+        return top_k_predictions(self.model(x, lengths), self.class_names, self.cfg.top_k)
