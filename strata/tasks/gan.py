@@ -6,7 +6,8 @@ non-saturating generator loss the paper recommends in practice:
 
 Each batch runs two phases through the Task contract: `training_step` yields
 Loss("discriminator", L_D) and then Loss("generator", L_G); the Trainer steps the matching optimiser
-after each and freezes the other net's parameters meanwhile. Because training_step is a generator,
+after each, and each phase's backward pass fills only its own optimiser's gradients. Because
+training_step is a generator,
 the generator phase runs after the discriminator has stepped (as in DCGAN's reference loop).
 
 Optimisers: both start from [optimizer]; `d_lr`, `g_lr` and `betas` in [task] override it per net.
@@ -118,8 +119,8 @@ class GAN(Task):
         loss_d, d_real, d_fake = self._d_loss(real, fake, y)
         yield Loss("discriminator", loss_d, {"d_real": d_real.mean().detach(), "d_fake": d_fake.mean().detach()})
 
-        # Runs after the discriminator has stepped; the Trainer has frozen D's parameters, so
-        # L_G's gradient reaches only G (D's batch-norm statistics still update, as in DCGAN).
+        # Runs after the discriminator has stepped; the Trainer backpropagates this phase into G's
+        # parameters only, so D's gradients stay untouched (D's batch-norm statistics still update, as in DCGAN).
         z = torch.randn(b, self.model.cfg.latent_dim, device=real.device)
         loss_g = F.softplus(-self.model.discriminator(gen(z, y), y).float()).mean()
         yield Loss("generator", loss_g)
