@@ -51,7 +51,8 @@ CASES = {
 
 
 def test_every_registered_model_has_a_contract_case():
-    assert sorted(CASES) == MODELS.names()
+    shipped = [n for n in MODELS.names() if not n.startswith("toy_")]  # tests register toy_* models
+    assert sorted(CASES) == shipped
 
 
 # Parameters a forward pass does not reach by design: a GAN's forward is its generator.
