@@ -175,3 +175,25 @@ def check_image_info(info: dict, task: str) -> None:
                           f"got info keys {sorted(info)}")
     if info.get("normalize"):
         raise StrataError(f"task '{task}' models images in [0, 1]; set [data] normalize = false")
+
+
+def build_image_model(model, info: dict, num_classes: int, task: str):
+    """The [model] of an image generator, sized from the data: square images of info's channels."""
+    from strata.models import build_model
+
+    check_image_info(info, task)
+    c, h, w = info["in_shape"]
+    if h != w:
+        raise StrataError(f"task '{task}' needs square images, got {h}x{w}")
+    return build_model(model.name, model.options, in_channels=c, image_size=h,
+                       num_classes=info.get("num_classes", num_classes))
+
+
+def batch_labels(batch: dict, conditional: bool, what: str) -> torch.Tensor | None:
+    """The class labels a conditional generator trains on; None for an unconditional one."""
+    if not conditional:
+        return None
+    if "y" not in batch:
+        raise StrataError(f"a class-conditional {what} needs labelled data (batches with 'y'); "
+                          "use [model] conditional = false for unlabelled images")
+    return batch["y"]

@@ -35,7 +35,6 @@ import torch.nn.functional as F
 
 from strata.config import check
 from strata.errors import StrataError
-from strata.models import build_model
 from strata.tasks import TASKS
 from strata.tasks import _imagegen as G
 from strata.tasks.base import Loss, Task
@@ -97,17 +96,12 @@ class Diffusion(Task):
 
     def __init__(self, cfg: Config, model, info: dict):
         super().__init__(cfg, model, info)
-        G.check_image_info(info, "diffusion")
-        c, h, w = info["in_shape"]
-        if h != w:
-            raise StrataError(f"task 'diffusion' needs square images, got {h}x{w}")
-        self.model = build_model(model.name, model.options, in_channels=c, image_size=h,
-                                 num_classes=info.get("num_classes", cfg.num_classes))
+        self.model = G.build_image_model(model, info, cfg.num_classes, "diffusion")
         if not hasattr(self.model, "null_class"):
             raise StrataError(f"task 'diffusion' needs a noise-prediction model such as 'unet', got '{model.name}'")
         self.conditional = self.model.null_class is not None
         self.class_names = info.get("class_names") or [str(i) for i in range(info.get("num_classes", 0))]
-        self.shape = (c, h, w)
+        self.shape = tuple(info["in_shape"])  # (C, H, W)
         # The EMA copy is a child module, so it is in state_dict() and every checkpoint carries it;
         # requires_grad=False keeps it out of the optimiser.
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
@@ -133,12 +127,7 @@ class Diffusion(Task):
         return F.mse_loss(eps.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
 
     def _labels(self, batch: dict) -> torch.Tensor | None:
-        if not self.conditional:
-            return None
-        if "y" not in batch:
-            raise StrataError("a class-conditional diffusion model needs labelled data (batches with 'y'); "
-                              "use [model] conditional = false for unlabelled images")
-        return batch["y"]
+        return G.batch_labels(batch, self.conditional, "diffusion model")
 
     # --- training -----------------------------------------------------------------------------
     def training_step(self, batch: dict):

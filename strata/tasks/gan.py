@@ -29,7 +29,6 @@ import torch.nn.functional as F
 
 from strata.config import check
 from strata.errors import StrataError
-from strata.models import build_model
 from strata.tasks import TASKS
 from strata.tasks import _imagegen as G
 from strata.tasks.base import Loss, Task
@@ -63,12 +62,7 @@ class GAN(Task):
 
     def __init__(self, cfg: Config, model, info: dict):
         super().__init__(cfg, model, info)
-        G.check_image_info(info, "gan")
-        c, h, w = info["in_shape"]
-        if h != w:
-            raise StrataError(f"task 'gan' needs square images, got {h}x{w}")
-        self.model = build_model(model.name, model.options, in_channels=c, image_size=h,
-                                 num_classes=info.get("num_classes", cfg.num_classes))
+        self.model = G.build_image_model(model, info, cfg.num_classes, "gan")
         if not (hasattr(self.model, "generator") and hasattr(self.model, "discriminator")):
             raise StrataError(f"task 'gan' needs a model with .generator and .discriminator such as 'dcgan', "
                               f"got '{model.name}'")
@@ -91,12 +85,7 @@ class GAN(Task):
         }
 
     def _labels(self, batch: dict) -> torch.Tensor | None:
-        if not self.conditional:
-            return None
-        if "y" not in batch:
-            raise StrataError("a class-conditional GAN needs labelled data (batches with 'y'); "
-                              "use [model] conditional = false for unlabelled images")
-        return batch["y"]
+        return G.batch_labels(batch, self.conditional, "GAN")
 
     def _d_loss(self, real: torch.Tensor, fake: torch.Tensor, y) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         d = self.model.discriminator
