@@ -3,7 +3,7 @@
 1. Pretrain a VAE on the MNIST training images, labels unused (recipes/mnist-vae.toml, or a run
    folder given with --pretrained-run).
 2. Train the same classifier (the VAE's convolutional encoder + a small head) on only 100 labelled
-   images (`data.limit = 100`: a seeded stratified subset, 9 to 11 per class, the same in both runs):
+   images (`data.labels_per_class = 10`: a seeded 10 of every digit, the same in both runs):
    a) starting from the pretrained encoder, b) from random weights.
 Both use the same 100 images, seed, optimiser and epochs; the script prints both test accuracies
 and their ratio.
@@ -24,14 +24,14 @@ from strata.api import train
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def classifier_config(pretrain_dir: Path, pretrained: bool, labels: int, epochs: int) -> dict:
+def classifier_config(pretrain_dir: Path, pretrained: bool, per_class: int, epochs: int) -> dict:
     from strata.config import load_config
 
     recipe = load_config(ROOT / "recipes" / "mnist-pretrain-100labels.toml").to_dict()
     recipe["name"] = f"mnist-100labels-{'pretrained' if pretrained else 'scratch'}"
     recipe["model"]["init_from"] = str(pretrain_dir)
     recipe["model"]["pretrained"] = pretrained
-    recipe["data"]["limit"] = labels
+    recipe["data"]["labels_per_class"] = per_class
     recipe["trainer"]["max_epochs"] = epochs
     return recipe
 
@@ -40,7 +40,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pretrained-run", type=Path, help="a finished VAE/autoencoder run; default: train one")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "pretrain-100labels")
-    ap.add_argument("--labels", type=int, default=100)
+    ap.add_argument("--per-class", type=int, default=10, help="labelled images of each digit (default 10)")
     ap.add_argument("--epochs", type=int, default=0, help="classifier epochs (default: the recipe's)")
     ap.add_argument("--quick", action="store_true", help="pretrain on 5,000 images for 2 epochs")
     args = ap.parse_args(argv)
@@ -57,10 +57,10 @@ def main(argv=None) -> dict:
     epochs = args.epochs or load_config(ROOT / "recipes" / "mnist-pretrain-100labels.toml").trainer.max_epochs
     acc = {}
     for pretrained in (True, False):
-        cfg = classifier_config(pre, pretrained, args.labels, epochs)
+        cfg = classifier_config(pre, pretrained, args.per_class, epochs)
         res = train(cfg, run_dir=args.runs / cfg["name"])
         acc["pretrained" if pretrained else "scratch"] = res.summary["test/acc"]
-    print(f"MNIST test accuracy with {args.labels} labels: pretrained encoder {acc['pretrained']:.4f}, "
+    print(f"MNIST test accuracy with {10 * args.per_class} labels ({args.per_class} per digit): pretrained encoder {acc['pretrained']:.4f}, "
           f"from scratch {acc['scratch']:.4f}, ratio {acc['pretrained'] / acc['scratch']:.3f}")
     print(json.dumps(acc))
     return acc

@@ -228,6 +228,7 @@ class DataConfig:
     batch_size: int = 128
     eval_batch_size: int = 0  # 0: twice batch_size
     limit: int = 0  # at most this many training examples; 0 = all
+    labels_per_class: int = 0  # exactly this many training examples of every class; 0 = all
     val_fraction: float = 0.1  # held out of the training files for model selection, when the set has no val split
     split_seed: int = 0  # fixes which examples are held out, independent of trainer.seed
     options: dict = field(default_factory=dict)  # the data set's own keys, validated by it
@@ -236,6 +237,7 @@ class DataConfig:
         check(self.batch_size >= 1, "[data] batch_size", f"must be >= 1, got {self.batch_size}")
         check(self.eval_batch_size >= 0, "[data] eval_batch_size", f"must be >= 0, got {self.eval_batch_size}")
         check(self.limit >= 0, "[data] limit", f"must be >= 0, got {self.limit}")
+        check(self.labels_per_class >= 0, "[data] labels_per_class", f"must be >= 0, got {self.labels_per_class}")
         check(0 <= self.val_fraction < 1, "[data] val_fraction", f"must be in [0, 1), got {self.val_fraction}")
 
 

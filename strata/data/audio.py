@@ -279,7 +279,7 @@ class FSDD(DatasetSpec):
 
         pool = np.flatnonzero(~test_mask)
         kept, held = S.hold_out(speaker[pool] * 10 + digit[pool], data_cfg.val_fraction, data_cfg.split_seed)
-        train_idx = pool[S.limit(kept, digit[pool], data_cfg.limit, data_cfg.split_seed)]
+        train_idx = pool[S.training_subset(kept, digit[pool], data_cfg)]
         val_idx, test_idx = pool[held], np.flatnonzero(test_mask)
 
         frames = torch.cat([feats[i] for i in train_idx])  # (sum T, n_mels)

@@ -125,7 +125,7 @@ class KDDCup99(DatasetSpec):
             rest = keep
         categories = {c: sorted(set(sym[rest, j])) for j, c in enumerate(("protocol_type", "service", "flag"))}
         train = rest[y[rest] == 0] if opts.train_on == "normal" else rest
-        train = S.limit(train, y, data_cfg.limit, data_cfg.split_seed)
+        train = S.training_subset(train, y, data_cfg)
         test = S.limit(np.arange(len(ty)), ty, opts.max_test, data_cfg.split_seed)
 
         logs = np.log1p(np.maximum(num[train], 0.0))

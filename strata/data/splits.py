@@ -1,11 +1,13 @@
 """Seeded, stratified splits shared by every data set: which examples are held out for val/test,
-and which subset `[data] limit` keeps. They depend only on the labels and `split_seed`, never on
+and which subset `[data] limit` and `[data] labels_per_class` keep. They depend only on the labels and `split_seed`, never on
 the trainer's seed, so the held-out examples stay the same across runs and are never trained on.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from strata.errors import DataError
 
 
 def stratified_order(y: np.ndarray | None, seed: int, n: int | None = None) -> np.ndarray:
@@ -47,10 +49,37 @@ def limit(index: np.ndarray, y: np.ndarray | None, count: int, seed: int) -> np.
     return np.sort(index[order[:count]])
 
 
+def per_class(index: np.ndarray, y: np.ndarray | None, count: int, seed: int) -> np.ndarray:
+    """Exactly `count` of `index` from every class (0 = all), seeded, in ascending order: the
+    "N labels per class" subsets of semi-supervised benchmarks, which a proportional `limit` only
+    approximates when the classes are of unequal size."""
+    if count <= 0:
+        return index
+    if y is None or not is_classes(y):
+        raise DataError("[data] labels_per_class needs a data set with class labels; "
+                        "use [data] limit to cap the training examples of this one")
+    sub = np.asarray(y)[index]
+    classes, sizes = np.unique(sub, return_counts=True)
+    if sizes.min() < count:
+        c, n = classes[sizes.argmin()], sizes.min()
+        raise DataError(f"[data] labels_per_class = {count}, but class {c} has only {n} training examples; "
+                        f"lower it to at most {n}")
+    rng = np.random.default_rng(seed + 2)
+    keep = [rng.permutation(np.flatnonzero(sub == c))[:count] for c in classes]
+    return np.sort(index[np.concatenate(keep)])
+
+
+def training_subset(index: np.ndarray, y: np.ndarray | None, data_cfg) -> np.ndarray:
+    """The training examples a run keeps: `labels_per_class` of each class, then at most `limit`."""
+    index = per_class(index, y, data_cfg.labels_per_class, data_cfg.split_seed)
+    return limit(index, y, data_cfg.limit, data_cfg.split_seed)
+
+
 def train_val_test(y: np.ndarray | None, data_cfg, test_fraction: float | None, n: int | None = None):
     """Index arrays (train, val, test) over one pool of examples: test carved first (when
-    test_fraction is given), then val from the rest with data_cfg.val_fraction, then data_cfg.limit
-    applied to what is left for training. val or test is None when it would be empty."""
+    test_fraction is given), then val from the rest with data_cfg.val_fraction, then
+    data_cfg.labels_per_class and data_cfg.limit applied to what is left for training. val or test
+    is None when it would be empty."""
     n = len(y) if y is not None else n
     rest, test = np.arange(n), None
     if test_fraction:
@@ -61,4 +90,4 @@ def train_val_test(y: np.ndarray | None, data_cfg, test_fraction: float | None, 
                               len(rest))
         rest, val = rest[keep], rest[held]
     val, test = (None if a is None or not len(a) else a for a in (val, test))
-    return limit(rest, y, data_cfg.limit, data_cfg.split_seed), val, test
+    return training_subset(rest, y, data_cfg), val, test

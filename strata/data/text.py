@@ -91,8 +91,8 @@ class Shakespeare(DatasetSpec):
             raise DataError(f"[data] block_size: the validation text has {len(val_ids)} tokens, fewer than "
                             f"block_size + 1 = {size}; use a smaller block_size")
         train = windows(train_ids, size, opts.stride)  # (N, block_size + 1)
-        if data_cfg.limit:
-            keep = S.limit(np.arange(len(train)), None, data_cfg.limit, data_cfg.split_seed)
+        if data_cfg.limit or data_cfg.labels_per_class:
+            keep = S.training_subset(np.arange(len(train)), None, data_cfg)
             train = train[torch.from_numpy(keep)]
         val = windows(val_ids, size, opts.block_size)
         info = {
@@ -208,7 +208,7 @@ class SST2(DatasetSpec):
         # a leading space makes the first word the same byte-level BPE token as it is mid-sentence
         xtr, xdev = [" " + s for s in xtr], [" " + s for s in xdev]
         kept, held = S.hold_out(ytr, data_cfg.val_fraction, data_cfg.split_seed)
-        train_idx = S.limit(kept, ytr, data_cfg.limit, data_cfg.split_seed)
+        train_idx = S.training_subset(kept, ytr, data_cfg)
         tok = train_tokenizer(opts.tokenizer, [xtr[i] for i in train_idx], opts.vocab_size)
 
         def split(sentences, y):

@@ -146,7 +146,7 @@ class EngFra(DatasetSpec):
         which = [split_of(e, opts.test_fraction, data_cfg.val_fraction) for e, _ in pairs]
         by_split = {s: [p for p, w in zip(pairs, which) if w == s] for s in ("train", "val", "test")}
         train = by_split["train"]
-        keep = S.limit(np.arange(len(train)), None, data_cfg.limit, data_cfg.split_seed)
+        keep = S.training_subset(np.arange(len(train)), None, data_cfg)
         train = [train[i] for i in keep]
         if not train:
             raise DataError("data set 'eng_fra': no training pairs left after max_words / limit; raise them")

@@ -67,6 +67,21 @@ def test_mnist_limit_and_seed(mirror):
     assert torch.bincount(a.train.tensors["y"]).min() >= 85  # stratified: about 100 per digit
 
 
+def test_labels_per_class_keeps_exactly_that_many_of_every_digit(mirror):
+    full = load_data(DataConfig(name="mnist"))
+    a = load_data(DataConfig(name="mnist", labels_per_class=10, val_fraction=0.0))
+    b = load_data(DataConfig(name="mnist", labels_per_class=10, val_fraction=0.0, split_seed=1))
+    assert torch.bincount(a.train.tensors["y"], minlength=10).tolist() == [10] * 10
+    assert not torch.equal(a.train.tensors["x"], b.train.tensors["x"])  # split_seed picks them
+    c = load_data(DataConfig(name="mnist", labels_per_class=50))  # never drawn from the val split
+    seen = {r.numpy().tobytes() for r in full.val.tensors["x"]}
+    assert not any(r.numpy().tobytes() in seen for r in c.train.tensors["x"])
+    with pytest.raises(DataError, match="class 5 has only .* lower it"):
+        load_data(DataConfig(name="mnist", labels_per_class=6000))
+    with pytest.raises(DataError, match="needs a data set with class labels"):
+        load_data(DataConfig(name="shakespeare", labels_per_class=10))
+
+
 def test_fashion_mnist(mirror):
     m = manifest(mirror, "Fashion-MNIST")["counts"]
     b = load_data(DataConfig(name="fashion_mnist", limit=600, options={"normalize": True}))
