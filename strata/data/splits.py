@@ -1,6 +1,7 @@
 """Seeded, stratified splits shared by every data set: which examples are held out for val/test,
-and which subset `[data] limit` and `[data] labels_per_class` keep. They depend only on the labels and `split_seed`, never on
-the trainer's seed, so the held-out examples stay the same across runs and are never trained on.
+and which subset `[data] limit` and `[data] labels_per_class` keep. They depend only on the labels
+and `split_seed`, never on the trainer's seed, so the held-out examples stay the same across runs
+and are never trained on.
 """
 
 from __future__ import annotations

@@ -91,8 +91,8 @@ class Shakespeare(DatasetSpec):
             raise DataError(f"[data] block_size: the validation text has {len(val_ids)} tokens, fewer than "
                             f"block_size + 1 = {size}; use a smaller block_size")
         train = windows(train_ids, size, opts.stride)  # (N, block_size + 1)
-        if data_cfg.limit or data_cfg.labels_per_class:
-            keep = S.training_subset(np.arange(len(train)), None, data_cfg)
+        keep = S.training_subset(np.arange(len(train)), None, data_cfg)
+        if len(keep) < len(train):  # no copy of the ~1 M windows when all are kept
             train = train[torch.from_numpy(keep)]
         val = windows(val_ids, size, opts.block_size)
         info = {

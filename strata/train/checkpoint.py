@@ -29,7 +29,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from strata.errors import CheckpointError
-from strata.files import atomic_write  # noqa: F401  (re-exported: the trainer writes run files with it)
+from strata.files import atomic_write
 
 
 def weights_sha256(state: dict[str, torch.Tensor]) -> str:

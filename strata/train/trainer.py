@@ -28,8 +28,9 @@ from strata.data import load_data
 from strata.errors import CheckpointError, ConfigError, StrataError
 from strata.tasks import build_task
 from strata.tasks.base import Loss
-from strata.train.checkpoint import (atomic_write, check_compatible, load_checkpoint, rng_state,
-                                     save_checkpoint, set_rng_state, weights_sha256)
+from strata.files import atomic_write
+from strata.train.checkpoint import (check_compatible, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
+                                     weights_sha256)
 from strata.train.distributed import Dist
 from strata.train.loader import EpochBatches
 from strata.train.optim import build_optimizer, build_schedule
