@@ -8,8 +8,10 @@ number is drawn (on the CPU, then moved), so a seed gives the same images on any
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -166,7 +168,25 @@ def evaluate(sample: Sampler, bundle, split: str, run_dir, *, judge_run: str, n:
     class_names = info.get("class_names") or [str(i) for i in range(info.get("num_classes", 0))]
     judge = resolve_judge(judge_run, dataset_of(run_dir), info, device=device)
     labels = plan_labels(n, None, conditional, len(class_names))
-    return judge_samples(judge, draw(sample, n, labels, seed, batch), real, class_names, real_reference=ref)
+    batches = _reporting(draw(sample, n, labels, seed, batch), n, "samples drawn for the judge")
+    return judge_samples(judge, batches, real, class_names, real_reference=ref)
+
+
+def _reporting(batches: Iterator, n: int, what: str, every_s: float = 30.0, stream=None) -> Iterator:
+    """Pass batches through, writing 'k/n what (elapsed, ~left)' to stderr at most every `every_s`
+    seconds: sampling 10,000 images from a diffusion model on a CPU takes the better part of an hour."""
+    stream = stream or sys.stderr
+    t0 = last = time.perf_counter()
+    done = 0
+    for item in batches:
+        yield item
+        done += len(item[0])
+        now = time.perf_counter()
+        if now - last >= every_s or (done >= n and now - t0 >= every_s):
+            last = now
+            left = (now - t0) / done * (n - done)
+            print(f"{done:,}/{n:,} {what} ({(now - t0) / 60:.1f} min, ~{left / 60:.1f} min left)",
+                  file=stream, flush=True)
 
 
 def check_image_info(info: dict, task: str) -> None:

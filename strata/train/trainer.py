@@ -380,7 +380,9 @@ class Trainer:
         t = self.cfg.trainer
         if self.main:
             what = "resuming" if self.resume else "training"
-            n_params = sum(p.numel() for p in self.task.parameters())
+            # The model's own parameters (summary_modules), not copies a task keeps such as EMA weights.
+            params = {id(p): p for m in self.task.summary_modules().values() for p in m.parameters()}
+            n_params = sum(p.numel() for p in params.values())
             self.progress.write(f"{what} {self.cfg.name}: {self.cfg.model.name} ({n_params:,} parameters) on "
                                 f"{self.device}, {len(self.bundle.train):,} training examples"
                                 + (f", {self.dist.world} processes" if self.dist.enabled else "")

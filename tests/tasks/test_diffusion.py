@@ -2,6 +2,7 @@
 deterministic DDPM/DDIM sampling, the generate errors, and a short real training that lowers the
 EMA model's noise-prediction loss."""
 
+import io
 import math
 
 import pytest
@@ -190,3 +191,37 @@ def test_predict_gives_a_denoising_error():
     task = make_task().eval()
     out = task.predict_step({"x": torch.rand(2, 1, 28, 28)})
     assert len(out) == 2 and all(o["denoising_error"] == pytest.approx(1.0, abs=0.1) for o in out)  # zero-init net
+
+
+def test_long_sampling_reports_progress_and_passes_batches_through():
+    import io
+
+    from strata.tasks._imagegen import _reporting
+
+    batches = [(torch.zeros(4, 1, 2, 2), None) for _ in range(3)]
+    out = io.StringIO()
+    seen = list(_reporting(iter(batches), 12, "samples drawn", every_s=0.0, stream=out))
+    assert len(seen) == 3 and all(a is b for a, b in zip(seen, batches))
+    lines = out.getvalue().splitlines()
+    assert [ln.split(" (")[0] for ln in lines] == ["4/12 samples drawn", "8/12 samples drawn", "12/12 samples drawn"]
+    assert lines[-1].endswith("~0.0 min left)")
+
+
+def test_training_banner_counts_the_model_not_its_ema_copy(mirror, tmp_path):
+    torch.set_num_threads(1)
+    from strata.data import load_data
+    from strata.data.base import DataBundle
+    from strata.train import Trainer
+
+    cfg = build_config({"name": "banner", "data": {"name": "mnist", "batch_size": 16, "limit": 32},
+                        "model": {**TINY, "conditional": True}, "task": {"name": "diffusion"},
+                        "trainer": {"max_epochs": 1, "progress": "lines"}})
+    full = load_data(cfg.data)
+    small = DataBundle(train=full.train, val=full.val.subset(torch.arange(16)), test=None, info=full.info)
+    trainer = Trainer(cfg, run_dir=tmp_path / "run", bundle=small)
+    out = io.StringIO()
+    trainer.progress.stream = out
+    trainer.fit()
+    n_model = sum(p.numel() for p in trainer.task.model.parameters())
+    assert n_model < sum(p.numel() for p in trainer.task.parameters())  # the EMA copy is not counted
+    assert f"({n_model:,} parameters)" in out.getvalue()
