@@ -36,6 +36,10 @@ class Dist:
         if self._owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
     def broadcast_params(self, module: torch.nn.Module) -> None:
         if self.enabled:
             for t in list(module.parameters()) + list(module.buffers()):

@@ -36,6 +36,10 @@ from strata.train.loader import EpochBatches
 from strata.train.optim import build_optimizer, build_schedule
 from strata.train.progress import Progress
 
+# Under torchrun, steps between the processes' checks for a stop signal (each check is a collective
+# and a host-device sync, too dear for every step).
+STOP_CHECK_EVERY = 8
+
 
 class Interrupted(Exception):
     """Training stopped by a signal after saving `last`; exit code 130 (SIGINT) or 143 (SIGTERM)."""
@@ -151,7 +155,8 @@ class Trainer:
         self.main = self.dist.is_main
         self.progress = progress or Progress(t.progress, t.log_every_s, enabled=self.main)
         self._bundle = bundle
-        self._stop_signal: int | None = None
+        self._signal_seen: int | None = None  # a SIGINT / SIGTERM this process received
+        self._stop_signal: int | None = None  # the signal every process agreed to stop for
         self._metrics_file = None
         self._tb = None
 
@@ -301,11 +306,12 @@ class Trainer:
             return
 
         def handler(signum, frame):
-            if self._stop_signal is not None:  # a second Ctrl-C: stop now
+            if self._signal_seen is not None:  # a second Ctrl-C: stop now
                 raise KeyboardInterrupt
-            self._stop_signal = signum
+            self._signal_seen = signum
             if self.main:
-                print(f"\n{signal.Signals(signum).name}: finishing the current step and saving...", file=sys.stderr)
+                soon = f"the next {STOP_CHECK_EVERY} steps" if self.dist.enabled else "the current step"
+                print(f"\n{signal.Signals(signum).name}: finishing {soon} and saving...", file=sys.stderr)
 
         old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -391,8 +397,11 @@ class Trainer:
         with self._signals():
             while self.epoch < t.max_epochs and not stop:
                 stop = self._epoch()
+                self._agree_on_stop()
                 if self._stop_signal is not None:
                     self.save("last")
+                    # No rank exits before rank 0 has saved: torchrun would stop it mid-write.
+                    self.dist.barrier()
                     self.log("interrupted", signal=signal.Signals(self._stop_signal).name)
                     raise Interrupted(self._stop_signal, self.run_dir)
         return self._finish()
@@ -419,7 +428,7 @@ class Trainer:
             if not boundary:
                 continue
             self.step += 1
-            if self.dist.enabled:
+            if not self.dist.enabled or self.step % STOP_CHECK_EVERY == 0:
                 self._agree_on_stop()
             self.progress.update(self.epoch + 1, i + 1, total, self.step,
                                  lambda: {"loss": float(loss_sum) / max(1, n_logged)}, samples)
@@ -456,12 +465,19 @@ class Trainer:
         self._logs_sum = {}
         return out
 
-    def _agree_on_stop(self):
-        """A signal reaches the ranks at different steps: all stop at the step where any saw it."""
-        flag = torch.tensor([float(self._stop_signal or 0)], device=self.device)
+    def _agree_on_stop(self) -> None:
+        """One process stops at the step its signal arrived. Processes see a signal at different
+        steps, so they compare notes (an all-reduce and a host sync) at the same points, every
+        STOP_CHECK_EVERY steps and after each epoch, and all stop together at the first point after
+        any of them saw one: no rank waits forever in a collective the others left."""
+        if not self.dist.enabled:
+            self._stop_signal = self._signal_seen
+            return
+        flag = torch.tensor([float(self._signal_seen or 0)], device=self.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if flag.item() and self._stop_signal is None:
-            self._stop_signal = int(flag.item())
+        seen = int(flag.item())
+        if seen:
+            self._stop_signal = self._signal_seen or seen
 
     def _lr(self) -> float:
         return next(iter(self.optimizers.values())).param_groups[0]["lr"]
