@@ -14,7 +14,9 @@ Contract
 - `validation_step(batch)` returns {metric: (sum, count)} tensors; the Trainer accumulates them
   on device, reduces them across processes, and logs sum / count under "val/<metric>".
   Metrics that are not means (AUROC, BLEU) are gathered by the task and returned by
-  `validation_end()` as plain floats.
+  `validation_end()` as plain floats. Under torchrun each process validates a shard of the split;
+  `validation_end()` runs on every process and joins the shards with `gather` / `gather_objects`
+  (collectives: every process calls them in the same order), so the figure covers the whole split.
 - `eval_module()` is the module used for evaluation and sampling (an EMA copy, for instance).
 - `predict_step(batch)` returns one JSON-able dict per example.
 """
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from strata.config import ComponentConfig, OptimizerConfig
@@ -73,6 +76,38 @@ class Task(nn.Module):
 
     def eval_module(self) -> nn.Module:
         return self
+
+    # --- joining the processes' shards in validation_end (no-ops in one process) -------------
+    @staticmethod
+    def world_size() -> int:
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    @staticmethod
+    def gather(t: torch.Tensor) -> torch.Tensor:
+        """Every process's `t` (first dimension may differ) concatenated in rank order."""
+        if Task.world_size() == 1:
+            return t
+        # nccl gathers only CUDA tensors, gloo any: gather on the backend's device, return on t's.
+        on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else t.device
+        n = torch.tensor([t.shape[0]], device=on)
+        sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+        dist.all_gather(sizes, n)
+        m = int(max(s.item() for s in sizes))
+        kind, home = t.dtype, t.device
+        t = t.to(torch.uint8) if kind == torch.bool else t  # gloo gathers no bool tensors
+        padded = torch.cat([t, t.new_zeros((m - t.shape[0], *t.shape[1:]))]).to(n.device)
+        out = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(out, padded)
+        return torch.cat([o[: int(s.item())] for o, s in zip(out, sizes)]).to(home, kind)
+
+    @staticmethod
+    def gather_objects(items: list) -> list:
+        """Every process's list (of picklable items) concatenated in rank order."""
+        if Task.world_size() == 1:
+            return items
+        out: list = [None] * dist.get_world_size()
+        dist.all_gather_object(out, items)
+        return [x for part in out for x in part]
 
     # --- use ------------------------------------------------------------------------------
     def predict_step(self, batch: dict) -> list[dict[str, Any]]:

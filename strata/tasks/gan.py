@@ -129,7 +129,8 @@ class GAN(Task):
         fake = self.model.generator(z, y)
         loss_d, d_real, d_fake = self._d_loss(x * 2 - 1, fake, y)
         loss_g = F.softplus(-d_fake).mean()
-        if self.cfg.val_samples and sum(len(r) for r in self._val_real) < self.cfg.val_samples:
+        quota = -(-self.cfg.val_samples // self.world_size())  # each process keeps its share
+        if quota and sum(len(r) for r in self._val_real) < quota:
             self._val_real.append(x.detach().float().cpu())
         return {
             "loss": (loss_g * b, b),  # the generator's loss against the current D; not a quality measure
@@ -139,7 +140,12 @@ class GAN(Task):
         }
 
     def validation_end(self) -> dict[str, float]:
-        if not self.cfg.val_samples or not self._val_real:
+        if not self.cfg.val_samples:
+            return {}
+        local = torch.cat(self._val_real) if self._val_real else torch.zeros(0, *self.info["in_shape"])
+        real = self.gather(local)[: self.cfg.val_samples]  # every process's shard
+        self._val_real = []
+        if not len(real):
             return {}
         if self._judge is None:
             from strata.metrics.judge import resolve_judge
@@ -152,12 +158,10 @@ class GAN(Task):
                                         device=next(self.parameters()).device)
         from strata.metrics.judge import judge_samples
 
-        real = torch.cat(self._val_real)[: self.cfg.val_samples]
         n = len(real)
         labels = G.plan_labels(n, None, self.conditional, len(self.class_names))
         out = judge_samples(self._judge, G.draw(self.sample, n, labels, seed=0, batch=self.cfg.eval_batch),
                             real, self.class_names)
-        self._val_real = []
         keep = ("frechet", "share_min", "recognised")
         return {k: v for k, v in out.items() if k in keep}
 

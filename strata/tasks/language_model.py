@@ -127,9 +127,13 @@ class LanguageModel(Task):
         return {"loss": (nll, n), "bpc": (nll / (math.log(2) * self.chars_per_token), n)}
 
     def validation_end(self):
-        if self._nll is None or int(self._count) == 0:
+        local = torch.zeros(1, 2, dtype=torch.float64)
+        if self._nll is not None:
+            local[0, 0], local[0, 1] = float(self._nll), float(self._count)
+        nll, count = self.gather(local).sum(0).tolist()
+        if count == 0:
             return {}
-        return {"ppl": math.exp(min(float(self._nll) / float(self._count), 700.0))}
+        return {"ppl": math.exp(min(nll / count, 700.0))}
 
     def evaluate_report(self, bundle, split, run_dir):
         out = {}

@@ -176,10 +176,11 @@ class ReconstructTask(Task):
         return {"loss": ((s * normal).sum(), normal.sum()), "score": (s.sum(), len(s))}
 
     def validation_end(self) -> dict[str, float]:
-        if not self._scores:
-            return {}
-        scores, labels = torch.cat(self._scores), torch.cat(self._labels)
+        scores = self.gather(torch.cat(self._scores) if self._scores else torch.zeros(0))
+        labels = self.gather(torch.cat(self._labels) if self._labels else torch.zeros(0, dtype=torch.bool))
         self._scores, self._labels = [], []
+        if not len(scores):
+            return {}
         q = 1.0 - self.cfg.target_fpr
         normal_scores = scores[~labels]
         if self._trained_since_val and len(normal_scores):

@@ -118,15 +118,16 @@ class Seq2Seq(Task):
         correct = ((logits.argmax(-1) == y) & real).sum()
         n = real.sum()
         have = sum(len(g[2]) for g in self._gathered)
-        if self.cfg.bleu_pairs and have < self.cfg.bleu_pairs:
-            k = self.cfg.bleu_pairs - have
+        quota = -(-self.cfg.bleu_pairs // self.world_size())  # each process decodes its share
+        if quota and have < quota:
+            k = quota - have
             src, sl, tgt, tl = trim(batch)
             refs = [row[1:length - 1] for row, length in zip(tgt[:k].tolist(), tl[:k].tolist())]
             self._gathered.append((src[:k], sl[:k], refs))
         return {"loss": (nll, n), "token_acc": (correct, n)}
 
     def validation_end(self):
-        if not self._gathered:
+        if not self.cfg.bleu_pairs:
             return {}
         hyps, refs = [], []
         _, tgt_tok = self.tokenizers()
@@ -134,7 +135,10 @@ class Seq2Seq(Task):
             hyps += [tgt_tok.decode(h) for h in self.translate_ids(src, sl, self.cfg.bleu_decode)]
             refs += [tgt_tok.decode(r) for r in ref_ids]
         self._gathered = []
-        return {"bleu": corpus_bleu(hyps, refs)}
+        pairs = self.gather_objects(list(zip(hyps, refs)))[: self.cfg.bleu_pairs]
+        if not pairs:
+            return {}
+        return {"bleu": corpus_bleu([h for h, _ in pairs], [r for _, r in pairs])}
 
     def evaluate_report(self, bundle, split, run_dir):
         """sacreBLEU of beam search over every pair of the split."""

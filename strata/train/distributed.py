@@ -1,8 +1,9 @@
 """Several processes under torchrun: the same command, data-parallel.
 
 Gradients are averaged across ranks with one flat all-reduce per optimiser step (so every task,
-whatever optimiser phases it has, is synchronised the same way), metrics are summed across ranks,
-and only rank 0 logs and writes. Works with gloo (CPU) and nccl (CUDA).
+whatever optimiser phases it has, is synchronised the same way), mean metrics are summed across
+ranks, metrics that are not means (AUROC, BLEU, Frechet) are computed by each task's
+validation_end over every rank's shard (Task.gather), and only rank 0 logs and writes. Works with gloo (CPU) and nccl (CUDA).
 """
 
 from __future__ import annotations
@@ -73,16 +74,3 @@ class Dist:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
-
-    def all_gather_tensor(self, t: torch.Tensor) -> torch.Tensor:
-        """Concatenate a 1-d (or N-d, first dim varying) tensor from every rank."""
-        if not self.enabled:
-            return t
-        n = torch.tensor([t.shape[0]], device=t.device)
-        sizes = [torch.zeros_like(n) for _ in range(self.world)]
-        dist.all_gather(sizes, n)
-        m = int(max(s.item() for s in sizes))
-        pad = torch.zeros((m - t.shape[0], *t.shape[1:]), dtype=t.dtype, device=t.device)
-        out = [torch.zeros((m, *t.shape[1:]), dtype=t.dtype, device=t.device) for _ in range(self.world)]
-        dist.all_gather(out, torch.cat([t, pad]))
-        return torch.cat([o[: int(s.item())] for o, s in zip(out, sizes)])

@@ -4,6 +4,7 @@ same step with `last` saved."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -130,3 +131,49 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_and_resume_finis
     _run(torchrun("--resume"), env)
     _, state, _ = load_checkpoint(run / "checkpoints" / "last")
     assert state["step"] == 4 * 37 and (run / "summary.json").exists()
+
+
+SHARDED_EVAL = """
+import json, sys
+import torch
+from strata.config import build_config
+from strata.data import load_data
+from strata.tasks import build_task
+from strata.train.distributed import Dist
+from strata.train.trainer import evaluate
+
+cfg = build_config({"data": {"name": "digits"}, "model": {"name": "autoencoder", "kind": "mlp", "latent": 8},
+                    "task": {"name": "reconstruct", "anomaly_classes": [0]}})
+bundle = load_data(cfg.data)
+torch.manual_seed(0)
+task = build_task(cfg, bundle.info)  # the same untrained weights in every process
+task._trained_since_val = True  # set the threshold from this validation, as after training
+d = Dist()
+d.setup(torch.device("cpu"))
+out = evaluate(task, bundle.val, "val", 32, torch.device("cpu"), bundle.collate, d)
+out["threshold_buffer"] = float(task.threshold)
+out["objects"] = task.gather_objects([d.rank, "r%d" % d.rank])
+out["bools"] = task.gather(torch.tensor([d.rank == 1] * (d.rank + 1))).tolist()
+if d.is_main:
+    open(sys.argv[1], "w").write(json.dumps(out))
+d.teardown()
+"""
+
+
+def test_validation_end_metrics_cover_every_process_shard(tmp_path: Path):
+    """AUROC, precision at 1 % FPR and the alarm threshold from two processes, each validating half
+    of the split, equal those of one process over the whole split (not rank 0's half)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = tmp_path / "sharded_eval.py"
+    script.write_text(SHARDED_EVAL)
+    _run([sys.executable, str(script), str(tmp_path / "one.json")], env)
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+          "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script), str(tmp_path / "two.json")], env)
+    one = json.loads((tmp_path / "one.json").read_text())
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert one["objects"] == [0, "r0"] and one["bools"] == [False]
+    assert two["objects"] == [0, "r0", 1, "r1"] and two["bools"] == [False, True, True]
+    for k in ("val/auroc", "val/precision_at_1fpr", "val/recall_at_1fpr", "val/threshold", "threshold_buffer",
+              "val/loss"):
+        assert two[k] == pytest.approx(one[k], rel=1e-6, abs=1e-9), k
+    assert 0.0 < one["val/auroc"] < 1.0
