@@ -1,1 +1,2 @@
-"""Reusable layers: attention, rotary positions, feed-forward blocks, sampling. No training code."""
+"""Reusable building blocks: attention, rotary positions, feed-forward blocks, token sampling, and the
+weight average (EMA) that tasks keep for evaluation. No training loop."""

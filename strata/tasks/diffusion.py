@@ -25,7 +25,6 @@ Images are mapped from [0, 1] to [-1, 1] for the model and back for output.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 
 from strata.config import check
 from strata.errors import StrataError
+from strata.nn.ema import ema_copy, ema_update_
 from strata.tasks import TASKS
 from strata.tasks import _imagegen as G
 from strata.tasks.base import Loss, Task
@@ -104,7 +104,7 @@ class Diffusion(Task):
         self.shape = tuple(info["in_shape"])  # (C, H, W)
         # The EMA copy is a child module, so it is in state_dict() and every checkpoint carries it;
         # requires_grad=False keeps it out of the optimiser.
-        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.ema = ema_copy(self.model)
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
 
         betas = make_betas(cfg.schedule, cfg.timesteps, cfg.beta_start, cfg.beta_end, cfg.cosine_s)
@@ -143,14 +143,7 @@ class Diffusion(Task):
 
     @torch.no_grad()
     def after_optimizer_step(self, name: str) -> None:
-        # Warm-up of the decay, min(decay, (1 + n) / (10 + n)), so early averages are not dominated
-        # by the random initial weights.
-        n = int(self.ema_updates)
-        d = min(self.cfg.ema_decay, (1 + n) / (10 + n))
-        for e, p in zip(self.ema.parameters(), self.model.parameters()):
-            e.lerp_(p.detach(), 1 - d)  # e = d e + (1 - d) p
-        for e, b in zip(self.ema.buffers(), self.model.buffers()):
-            e.copy_(b)
+        ema_update_(self.ema, self.model, self.cfg.ema_decay, int(self.ema_updates))
         self.ema_updates += 1
 
     def eval_module(self):

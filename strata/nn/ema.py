@@ -1,0 +1,29 @@
+"""Exponential moving average of weights (Polyak averaging), for evaluation and sampling.
+
+    shadow <- d * shadow + (1 - d) * weights      after every optimiser step, d = min(decay, (1 + n) / (10 + n))
+
+with n the number of updates so far: early on the average spans the steps seen, so it is not
+dominated by the random initial weights. A task keeps the shadow copy as a child module (so every
+checkpoint carries it), updates it from `after_optimizer_step` and returns it from `eval_module()`.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def ema_copy(model: nn.Module) -> nn.Module:
+    """A frozen copy of `model` in eval mode, to hold the average."""
+    return copy.deepcopy(model).requires_grad_(False).eval()
+
+
+@torch.no_grad()
+def ema_update_(shadow: nn.Module, model: nn.Module, decay: float, updates: int) -> None:
+    """One update of `shadow` towards `model` (same architecture); buffers are copied as they are."""
+    d = min(decay, (1 + updates) / (10 + updates))
+    torch._foreach_lerp_(list(shadow.parameters()), [p.detach() for p in model.parameters()], 1 - d)
+    for b_shadow, b in zip(shadow.buffers(), model.buffers()):
+        b_shadow.copy_(b)
