@@ -18,7 +18,7 @@ import torch
 from strata.config import check
 from strata.data import DATASETS
 from strata.data import splits as S
-from strata.data.base import DataBundle, DatasetSpec, TensorSplit
+from strata.data.base import DataBundle, DatasetSpec, TensorSplit, target_stats
 from strata.errors import DataError
 
 
@@ -96,7 +96,7 @@ class NumpyArrays(DatasetSpec):
                 raise DataError(f"{cfg.path}: integer y must be class indices 0..K-1, found {lo}")
             info.update(num_classes=k, class_names=[str(i) for i in range(k)])
         else:
-            info["num_outputs"] = 1
+            info.update(num_outputs=1, **target_stats(parts["train"].tensors["y"]))
         return DataBundle(train=parts["train"], val=parts["val"], test=parts["test"], info=info)
 
     def encode_inputs(self, inputs, info, run_dir):

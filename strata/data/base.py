@@ -39,6 +39,14 @@ class TensorSplit(Dataset):
         return TensorSplit({k: v[index] for k, v in self.tensors.items()})
 
 
+def target_stats(y_train) -> dict[str, list[float]]:
+    """info for a regression target: the training split's mean and standard deviation per output,
+    which the regress task standardises targets with (and saves, so predictions come back in units)."""
+    y = torch.as_tensor(y_train, dtype=torch.float64).reshape(len(y_train), -1)
+    std = y.std(0, unbiased=False) if len(y) > 1 else torch.ones(y.shape[1], dtype=torch.float64)
+    return {"target_mean": y.mean(0).tolist(), "target_std": torch.where(std > 0, std, 1.0).tolist()}
+
+
 @dataclass
 class DataBundle:
     train: Dataset

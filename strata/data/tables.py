@@ -23,7 +23,7 @@ import torch
 from strata.config import check
 from strata.data import DATASETS
 from strata.data import splits as S
-from strata.data.base import DataBundle, DatasetSpec, TensorSplit
+from strata.data.base import DataBundle, DatasetSpec, TensorSplit, target_stats
 from strata.errors import DataError
 
 MISSING = {"", "na", "nan", "?", "null", "none", "n/a"}
@@ -181,7 +181,7 @@ class CsvTable(DatasetSpec):
         if kind == "class":
             info.update({"num_classes": len(class_names), "class_names": class_names})
         else:
-            info["num_outputs"] = 1
+            info.update(num_outputs=1, **target_stats(y[train]))
         yt = torch.from_numpy(y)
 
         def split(idx):

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from strata.config import check
+from strata.errors import StrataError
 from strata.models import build_model
 from strata.tasks import TASKS
 from strata.tasks.base import Task
@@ -62,6 +63,10 @@ class Classify(Task):
 
     def __init__(self, cfg: ClassifyConfig, model, info: dict):
         super().__init__(cfg, model, info)
+        if "num_outputs" in info and "num_classes" not in info:
+            raise StrataError("this data set's target is a number to predict (a regression target), not a class; "
+                              "use [task] name = \"regress\" (or, for a CSV table of class codes, [data] "
+                              "target_kind = \"class\")")
         self.model = build_model(model.name, model.options, **info)
         self.class_names = info.get("class_names") or [str(i) for i in range(cfg.num_classes)]
 

@@ -1,0 +1,111 @@
+"""Supervised regression of fixed-size inputs (table rows, arrays, images): predict numbers.
+
+Batches: {"x": (B, ...) inputs, "y": (B,) or (B, K) float targets}.
+
+The model's output width (its `num_classes`) is the number of targets. Targets are standardised
+with the training split's mean and standard deviation (from the data set's info, saved with the
+weights), so one learning rate suits a target in millimetres or in millions; the loss is computed
+on that scale, and every reported figure and prediction is in the target's own units:
+mse, rmse, mae, and r2 = 1 - SSE / SST (the share of the split's variance the model explains;
+0 for always predicting the split's mean).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from strata.config import check
+from strata.errors import StrataError
+from strata.models import build_model
+from strata.tasks import TASKS
+from strata.tasks.base import Task
+
+LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.smooth_l1_loss}
+
+
+@dataclass(frozen=True)
+class RegressConfig:
+    num_outputs: int = 1  # from the data set
+    loss: Literal["mse", "l1", "huber"] = "mse"  # on standardised targets; huber: smooth L1 with beta 1
+    standardize: bool = True  # false: fit the raw targets
+
+    def __post_init__(self):
+        check(self.num_outputs >= 1, "[task] num_outputs", f"must be >= 1, got {self.num_outputs}")
+
+
+@TASKS.register("regress")
+class Regress(Task):
+    Config = RegressConfig
+
+    def __init__(self, cfg: RegressConfig, model, info: dict):
+        super().__init__(cfg, model, info)
+        if "num_classes" in info and "num_outputs" not in info:
+            raise StrataError(f"task 'regress' predicts numbers, but this data set has class labels "
+                              f"({info['num_classes']} classes); use [task] name = \"classify\", or for a CSV "
+                              "table set [data] target_kind = \"regression\"")
+        k = cfg.num_outputs
+        self.model = build_model(model.name, model.options, **{**info, "num_classes": k})
+        mean = info.get("target_mean", [0.0] * k) if cfg.standardize else [0.0] * k
+        std = info.get("target_std", [1.0] * k) if cfg.standardize else [1.0] * k
+        if len(mean) != k or len(std) != k:
+            raise StrataError(f"the data set states target statistics for {len(mean)} outputs, but [task] "
+                              f"num_outputs = {k}; leave num_outputs out to take it from the data")
+        self.register_buffer("y_mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("y_std", torch.tensor(std, dtype=torch.float32))
+        self._sums: torch.Tensor | None = None
+
+    def _pred_and_target(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, K) standardised prediction and target."""
+        out = self.model(batch["x"]).float()
+        y = batch["y"].float().reshape(len(out), -1)
+        if out.shape != y.shape:
+            raise StrataError(f"the model gives {out.shape[1]} outputs per example but the data has {y.shape[1]} "
+                              "targets; leave [model] num_classes out so it follows the data")
+        return out, (y - self.y_mean) / self.y_std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Predictions in the target's units, (B, K)."""
+        return self.model(x).float() * self.y_std + self.y_mean
+
+    def training_step(self, batch):
+        out, y = self._pred_and_target(batch)
+        return LOSSES[self.cfg.loss](out, y)
+
+    # --- evaluation --------------------------------------------------------------------------
+    def validation_start(self) -> None:
+        self._sums = None
+
+    def validation_step(self, batch):
+        out, y = self._pred_and_target(batch)
+        n = y.numel()
+        loss = LOSSES[self.cfg.loss](out, y, reduction="sum")
+        err = (out - y) * self.y_std  # in units
+        y_units = y * self.y_std + self.y_mean
+        # Per output: SSE, sum y, sum y^2, count; for r2 and rmse over the whole split.
+        sums = torch.stack([err.pow(2).sum(0), y_units.sum(0), y_units.pow(2).sum(0),
+                            torch.full_like(err[0], len(err))]).double()
+        self._sums = sums if self._sums is None else self._sums + sums
+        return {"loss": (loss, n), "mse": (err.pow(2).sum(), n), "mae": (err.abs().sum(), n)}
+
+    def validation_end(self) -> dict[str, float]:
+        k = self.cfg.num_outputs
+        local = self._sums if self._sums is not None else torch.zeros(4, k, dtype=torch.float64)
+        sse, sy, sy2, n = self.gather(local.cpu()[None]).sum(0)  # every process's shard
+        self._sums = None
+        if n.sum() == 0:
+            return {}
+        sst = sy2 - sy.pow(2) / n.clamp(min=1)
+        r2 = 1 - sse / sst.clamp(min=1e-12)
+        return {"rmse": float((sse.sum() / n.sum()).sqrt()), "r2": float(r2.mean())}
+
+    # --- use ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_step(self, batch):
+        pred = self(batch["x"]).cpu()
+        if self.cfg.num_outputs == 1:
+            return [{"prediction": round(float(v), 6)} for v in pred[:, 0]]
+        return [{"prediction": [round(float(v), 6) for v in row]} for row in pred]
