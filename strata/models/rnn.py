@@ -128,12 +128,14 @@ def check_data_facts(cfg: ClassifierConfig) -> None:
     check((cfg.vocab_size > 0) != (cfg.in_features > 0), "[model] vocab_size / in_features",
           f"exactly one must be > 0 (token ids or feature frames), got vocab_size={cfg.vocab_size}, "
           f"in_features={cfg.in_features}; leave both out to take them from the data")
-    check(cfg.num_classes >= 2, "[model] num_classes", f"must be >= 2, got {cfg.num_classes}")
+    check(cfg.num_classes >= 1, "[model] num_classes", f"must be >= 1 (classes, or numbers to regress), "
+          f"got {cfg.num_classes}")
 
 
 @MODELS.register("rnn_classifier")
 class RNNClassifier(nn.Module):
-    """(inputs (B, T) ids or (B, T, F) frames, lengths (B,)) -> logits (B, num_classes)."""
+    """(inputs (B, T) ids or (B, T, F) frames, lengths (B,)) -> logits (B, num_classes), or with the
+    regress task num_classes numbers (a forecast's hours, for one)."""
 
     Config = ClassifierConfig
 

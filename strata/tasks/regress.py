@@ -8,6 +8,12 @@ weights), so one learning rate suits a target in millimetres or in millions; the
 on that scale, and every reported figure and prediction is in the target's own units:
 mse, rmse, mae, and r2 = 1 - SSE / SST (the share of the split's variance the model explains;
 0 for always predicting the split's mean).
+
+Forecasting windows (x: (B, hours, features)) may set `baseline = "last"`: the model sees each
+window minus its last hour and predicts the change from the last observed value of each target
+(NLinear; Zeng et al., "Are Transformers Effective for Time Series Forecasting?", AAAI 2023), so an
+untrained model starts at the persistence forecast. The data set names the input column of each
+target (info["target_input_index"]) and the inputs' standardisation (input_mean, input_std).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ class RegressConfig:
     num_outputs: int = 1  # from the data set
     loss: Literal["mse", "l1", "huber"] = "mse"  # on standardised targets; huber: smooth L1 with beta 1
     standardize: bool = True  # false: fit the raw targets
+    baseline: Literal["none", "last"] = "none"  # "last": forecast the change from the last observed value
 
     def __post_init__(self):
         check(self.num_outputs >= 1, "[task] num_outputs", f"must be >= 1, got {self.num_outputs}")
@@ -56,11 +63,33 @@ class Regress(Task):
                               f"num_outputs = {k}; leave num_outputs out to take it from the data")
         self.register_buffer("y_mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("y_std", torch.tensor(std, dtype=torch.float32))
+        if cfg.baseline == "last":
+            need = ("target_input_index", "input_mean", "input_std")
+            if any(k not in info for k in need):
+                raise StrataError("[task] baseline = \"last\" needs forecasting windows whose data set names each "
+                                  "target's input column (such as [data] name = \"ett\"); drop baseline")
+            idx = torch.tensor(info["target_input_index"], dtype=torch.long)
+            if len(idx) != k:
+                raise StrataError(f"the data set names input columns for {len(idx)} targets, but there are {k}")
+            in_mean = torch.tensor(info["input_mean"], dtype=torch.float32)[idx]
+            in_std = torch.tensor(info["input_std"], dtype=torch.float32)[idx]
+            # last standardised input -> its value in units -> standardised like the target
+            self.register_buffer("anchor_index", idx, persistent=False)
+            self.register_buffer("anchor_scale", in_std / self.y_std, persistent=False)
+            self.register_buffer("anchor_shift", (in_mean - self.y_mean) / self.y_std, persistent=False)
         self._sums: torch.Tensor | None = None
+
+    def _standardised(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's output, (B, K), on the standardised target scale."""
+        if self.cfg.baseline == "none":
+            return self.model(x).float()
+        last = x[:, -1:, :]  # (B, 1, F): the last observed hour
+        anchor = last[:, 0, self.anchor_index].float() * self.anchor_scale + self.anchor_shift  # (B, K)
+        return self.model(x - last).float() + anchor
 
     def _pred_and_target(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, K) standardised prediction and target."""
-        out = self.model(batch["x"]).float()
+        out = self._standardised(batch["x"])
         y = batch["y"].float().reshape(len(out), -1)
         if out.shape != y.shape:
             raise StrataError(f"the model gives {out.shape[1]} outputs per example but the data has {y.shape[1]} "
@@ -69,7 +98,7 @@ class Regress(Task):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Predictions in the target's units, (B, K)."""
-        return self.model(x).float() * self.y_std + self.y_mean
+        return self._standardised(x) * self.y_std + self.y_mean
 
     def training_step(self, batch):
         out, y = self._pred_and_target(batch)
