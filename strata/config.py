@@ -202,6 +202,7 @@ class TrainerConfig:
     val_every_n_steps: int = 0  # 0: validate at the end of every epoch
     monitor: str = "val/loss"
     mode: Literal["min", "max"] = "min"
+    sanity_val_batches: int = 2  # validation batches run before training: a wrong monitor fails at once; 0 skips
     early_stopping_patience: int = 0  # validations without improvement; 0 disables
     checkpoint_every_n_steps: int = 0  # 0: only at validation / epoch end
     log_every_s: float = 30.0  # non-terminal progress: at most one line this often (and one per epoch)
@@ -214,6 +215,8 @@ class TrainerConfig:
         check(self.grad_accum >= 1, "[trainer] grad_accum", f"must be >= 1, got {self.grad_accum}")
         check(self.grad_clip >= 0, "[trainer] grad_clip", f"must be >= 0, got {self.grad_clip}")
         check(self.val_every_n_steps >= 0, "[trainer] val_every_n_steps", f"must be >= 0, got {self.val_every_n_steps}")
+        check(self.sanity_val_batches >= 0, "[trainer] sanity_val_batches",
+              f"must be >= 0, got {self.sanity_val_batches}")
         check(self.early_stopping_patience >= 0, "[trainer] early_stopping_patience",
               f"must be >= 0, got {self.early_stopping_patience}")
         check(self.checkpoint_every_n_steps >= 0, "[trainer] checkpoint_every_n_steps",

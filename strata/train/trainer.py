@@ -26,6 +26,7 @@ import torch
 from strata.config import RunConfig, dump_toml
 from strata.data import load_data
 from strata.errors import CheckpointError, ConfigError, StrataError
+from strata.registry import closest
 from strata.tasks import build_task
 from strata.tasks.base import Loss
 from strata.files import atomic_write
@@ -110,8 +111,9 @@ class _Metrics:
 
 @torch.no_grad()
 def evaluate(task, data, split: str, batch_size: int, device: torch.device, collate=None, dist: Dist | None = None,
-             autocast=contextlib.nullcontext) -> dict[str, float]:
-    """One pass of task.validation_step over `data`; metrics named '<split>/<metric>'."""
+             autocast=contextlib.nullcontext, max_batches: int = 0) -> dict[str, float]:
+    """One pass of task.validation_step over `data` (its first max_batches batches, if > 0);
+    metrics named '<split>/<metric>'."""
     dist = dist or Dist()
     batches = EpochBatches(data, batch_size, False, 0, device, dist.rank, dist.world, collate)
     was_training = task.training
@@ -119,7 +121,9 @@ def evaluate(task, data, split: str, batch_size: int, device: torch.device, coll
     task.validation_start()
     acc = _Metrics()
     with autocast():
-        for _, batch in batches.epoch(0):
+        for i, batch in batches.epoch(0):
+            if max_batches and i >= max_batches:
+                break
             acc.add(task.validation_step(batch))
     out = acc.compute(dist)
     out.update(task.validation_end())
@@ -394,6 +398,8 @@ class Trainer:
                                 + (f", {self.dist.world} processes" if self.dist.enabled else "")
                                 + f" -> {self.run_dir}")
         stop = self.step >= self.total_steps
+        if not stop:
+            self._sanity_check()
         with self._signals():
             while self.epoch < t.max_epochs and not stop:
                 stop = self._epoch()
@@ -515,12 +521,34 @@ class Trainer:
         self.save("last")
         return stop
 
-    def evaluate_split(self, split: str) -> dict[str, float]:
+    def evaluate_split(self, split: str, max_batches: int = 0) -> dict[str, float]:
         data = getattr(self.bundle, split)
         if data is None:
             raise StrataError(f"data set '{self.cfg.data.name}' has no {split} split")
         bs = self.cfg.data.eval_batch_size or 2 * self.cfg.data.batch_size
-        return evaluate(self.task, data, split, bs, self.device, self.bundle.collate, self.dist, self.autocast)
+        return evaluate(self.task, data, split, bs, self.device, self.bundle.collate, self.dist, self.autocast,
+                        max_batches)
+
+    def _sanity_check(self) -> None:
+        """A few validation batches before the first training step (Lightning's sanity check), so a
+        monitor that names no metric, or a validation step that fails, stops the run now rather than
+        after an epoch. The random state is restored: a run is the same with or without it."""
+        t = self.cfg.trainer
+        if not t.sanity_val_batches or self.bundle.val is None or len(self.bundle.val) == 0:
+            return
+        state = rng_state()
+        try:
+            val = self.dist.broadcast_object(self.evaluate_split("val", t.sanity_val_batches))
+        finally:
+            set_rng_state(state)
+        if t.monitor in val:
+            return
+        hint = closest(t.monitor, val)
+        # A metric that needs more of the split (AUROC needs both classes) may be missing from a few
+        # batches; a near miss of a metric that is there, or a name outside val/, is a typo.
+        if hint or not t.monitor.startswith("val/"):
+            raise ConfigError(f"[trainer] monitor: '{t.monitor}' is not a validation metric of this run{hint}; "
+                              f"it logs {', '.join(sorted(val))}")
 
     def _finish(self) -> dict:
         """Test with the best weights, write summary.json; the final (last) weights give weights_sha256."""

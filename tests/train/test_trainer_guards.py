@@ -86,3 +86,28 @@ def test_task_logs_are_averaged_into_the_training_events(tmp_path):
     events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     accs = [e["train/batch_acc"] for e in events if e["event"] == "train"]
     assert len(accs) == 3 and 0 <= accs[0] < accs[-1] <= 1  # one mean per epoch, rising as it learns
+
+
+@pytest.mark.parametrize("monitor,message", [
+    ("val/accuracy", r"'val/accuracy' is not a validation metric of this run \(did you mean 'val/acc'\?\)"),
+    ("acc", r"'acc' is not a validation metric of this run .*it logs val/acc, val/loss"),
+])
+def test_a_monitor_typo_fails_before_the_first_training_step(tmp_path, monitor, message):
+    with pytest.raises(ConfigError, match=message):
+        train(DIGITS, [f"trainer.monitor='{monitor}'", "trainer.mode='max'"], run_dir=tmp_path / "run")
+    events = [json.loads(line)["event"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "train" not in events and not (tmp_path / "run" / "checkpoints" / "last").exists()
+
+
+def test_the_sanity_check_leaves_the_run_unchanged(tmp_path, monkeypatch):
+    step = Classify.validation_step
+
+    def noisy(self, batch):  # a validation that draws from the global generator
+        torch.rand(3)
+        return step(self, batch)
+
+    monkeypatch.setattr(Classify, "validation_step", noisy)
+    dropout = ["model.dropout=0.3"]  # training draws from the global generator too
+    with_check = train(DIGITS, dropout + ["trainer.sanity_val_batches=2"], run_dir=tmp_path / "a").summary
+    without = train(DIGITS, dropout + ["trainer.sanity_val_batches=0"], run_dir=tmp_path / "b").summary
+    assert with_check["weights_sha256"] == without["weights_sha256"]
