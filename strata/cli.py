@@ -99,6 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device")
     g.add_argument("--json", action="store_true")
 
+    x = sub.add_parser("explain", help="which pixels or features of an input a run's output depends on")
+    x.add_argument("run_dir")
+    x.add_argument("inputs", nargs="+")
+    x.add_argument("--method", default="integrated_gradients",
+                   help="integrated_gradients (default) or gradient_x_input")
+    x.add_argument("--target", help="the class (index or name) or output to explain; default: the predicted one")
+    x.add_argument("--steps", type=_positive_int("--steps"), default=32, help="integrated-gradients path steps")
+    x.add_argument("--top", type=_positive_int("--top"), default=10, help="features listed for non-image inputs")
+    x.add_argument("--out", help="heatmap PNG for image inputs (default RUN_DIR/explain.png)")
+    x.add_argument("--device")
+    x.add_argument("--json", action="store_true")
+
     s = sub.add_parser("summary", help="layers, output shapes and parameter counts of a config's model")
     s.add_argument("config")
     s.add_argument("--set", dest="overrides", action="append", default=[])
@@ -155,7 +167,9 @@ def cmd_predict(a) -> int:
     if a.json:
         _print({"predictions": results}, True)
     else:
-        for inp, r in zip(a.inputs, results):
+        from strata.evaluate import example_labels
+
+        for inp, r in zip(example_labels(a.inputs, len(results)), results):
             main = r.get("label", r.get("text", r.get("translation", "")))
             extra = f" ({r['probability']:.1%})" if "probability" in r else ""
             print(f"{inp}: {main}{extra}" + "".join(f"  {k}={v}" for k, v in r.items()
@@ -171,6 +185,25 @@ def cmd_generate(a) -> int:
     request = {k: getattr(a, k) for k in keys if getattr(a, k) is not None}
     out = generate_run(a.run_dir, request, device=a.device)
     _print(out, a.json, out.get("text") if isinstance(out.get("text"), str) else None)
+    return 0
+
+
+def cmd_explain(a) -> int:
+    from strata.evaluate import explain_run
+
+    results = explain_run(a.run_dir, a.inputs, method=a.method, target=a.target, steps=a.steps, out=a.out,
+                          top=a.top, device=a.device)
+    if a.json:
+        _print({"explanations": results}, True)
+        return 0
+    for r in results:
+        gap = f", completeness gap {r['completeness_gap']:+.4f}" if "completeness_gap" in r else ""
+        print(f"{r['input']}: {r['target']} (score {r['score']:.4f}); attributions sum to "
+              f"{r['attribution_sum']:.4f}{gap}")
+        for f in r.get("top", []):
+            print(f"  feature {f['feature']}: {f['attribution']:+.4f}")
+    if results and "out" in results[0]:
+        print(f"heatmap: {results[0]['out']}")
     return 0
 
 
@@ -239,7 +272,8 @@ def cmd_quickstart(a) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "generate": cmd_generate,
-            "summary": cmd_summary, "recipes": cmd_recipes, "datasets": cmd_datasets, "quickstart": cmd_quickstart}
+            "explain": cmd_explain, "summary": cmd_summary, "recipes": cmd_recipes, "datasets": cmd_datasets,
+            "quickstart": cmd_quickstart}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -113,6 +113,17 @@ class Task(nn.Module):
     def predict_step(self, batch: dict) -> list[dict[str, Any]]:
         raise NotImplementedError(f"task '{type(self).__name__}' has no predict")
 
+    # `strata explain`: scores differentiable in the input, and their names.
+    def explain_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, K) scores (class logits, predicted numbers, an anomaly score) computed from inputs x."""
+        from strata.errors import StrataError
+
+        raise StrataError(f"`strata explain` attributes the outputs of classify, regress and reconstruct runs; "
+                          f"this run's task ({type(self).__name__}) has no scores to explain yet")
+
+    def explain_names(self) -> list[str]:
+        return []
+
     def example_input(self, batch: dict) -> Any:
         """The model input in a batch, for `strata summary`."""
         return batch[self.input_key]

@@ -92,6 +92,12 @@ class Classify(Task):
     def predict_step(self, batch):
         return top_k_predictions(self.model(batch["x"]), self.class_names, self.cfg.top_k)
 
+    def explain_scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def explain_names(self) -> list[str]:
+        return self.class_names
+
     @torch.no_grad()
     def predictions(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x).argmax(-1)

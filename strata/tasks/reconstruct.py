@@ -203,6 +203,12 @@ class ReconstructTask(Task):
         return out
 
     # --- use ---------------------------------------------------------------------------------
+    def explain_scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self.anomaly_score(x)[:, None]  # which features make an input look anomalous
+
+    def explain_names(self) -> list[str]:
+        return ["anomaly_score"]
+
     @torch.no_grad()
     def predict_step(self, batch: dict) -> list[dict]:
         s = self.anomaly_score(batch["x"]).float().cpu()

@@ -132,6 +132,12 @@ class Regress(Task):
         return {"rmse": float((sse.sum() / n.sum()).sqrt()), "r2": float(r2.mean())}
 
     # --- use ---------------------------------------------------------------------------------
+    def explain_scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
+
+    def explain_names(self) -> list[str]:
+        return [f"output {i}" for i in range(self.cfg.num_outputs)]
+
     @torch.no_grad()
     def predict_step(self, batch):
         pred = self(batch["x"]).cpu()
