@@ -35,11 +35,16 @@ def example_labels(inputs: list[str], n: int) -> list[str]:
     return list(inputs) if len(inputs) == n else [f"row {i + 1}" for i in range(n)]
 
 
-def predict_run(run_dir, inputs: list[str], device: str | None = None) -> list[dict]:
+def _run_and_inputs(run_dir, inputs: list[str], device: str | None):
+    """The trained run and the user's inputs encoded as its data set encodes them, on one device."""
     dev = pick_device(device or "auto")
     run = load_run(run_dir, device=dev)
     spec = DATASETS.get(run.cfg.data.name)
-    batch = to_device(spec.encode_inputs(list(inputs), run.info, Path(run_dir)), dev)
+    return run, to_device(spec.encode_inputs(list(inputs), run.info, Path(run_dir)), dev)
+
+
+def predict_run(run_dir, inputs: list[str], device: str | None = None) -> list[dict]:
+    run, batch = _run_and_inputs(run_dir, inputs, device)
     with torch.no_grad():
         return run.task.predict_step(batch)
 
@@ -84,18 +89,15 @@ def explain_run(run_dir, inputs: list[str], method: str = "integrated_gradients"
     red where it raises the score and blue where it lowers it). Other inputs: the `top` features by
     |attribution| in each result."""
     from strata.data.images import apply_normalize
-    from strata.explain.attributions import METHODS, heatmap, integrated_gradients, gradient_x_input
+    from strata.explain.attributions import METHODS, attribute, heatmap
     from strata.report.grid import save_grid
 
     if method not in METHODS:
         raise StrataError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1024:
         raise StrataError(f"--steps must be a whole number from 1 to 1024, got {steps!r}")
-    dev = pick_device(device or "auto")
-    run = load_run(run_dir, device=dev)
+    run, batch = _run_and_inputs(run_dir, inputs, device)
     task = run.task.eval()
-    spec = DATASETS.get(run.cfg.data.name)
-    batch = to_device(spec.encode_inputs(list(inputs), run.info, Path(run_dir)), dev)
     x = batch[task.input_key]
     if not torch.is_tensor(x) or not x.is_floating_point():
         raise StrataError("attributions need real-valued inputs (images, table rows, audio frames, time series); "
@@ -116,10 +118,15 @@ def explain_run(run_dir, inputs: list[str], method: str = "integrated_gradients"
     image = x.dim() == 4
     baseline = apply_normalize(torch.zeros_like(x).cpu(), run.info.get("normalize")).to(x.device) \
         if image and isinstance(run.info.get("normalize"), dict) else None
-    if method == "integrated_gradients":
-        attr, gap = integrated_gradients(task.explain_scores, x, t, baseline=baseline, steps=steps)
+    attr, gap = attribute(method, task.explain_scores, x, t, baseline=baseline, steps=steps)
+    shape = tuple(attr.shape[1:])
+    columns, feature_names = run.info.get("inputs") or [], run.info.get("feature_names") or []
+    if len(shape) == 2 and len(columns) == shape[1]:  # time series: (time steps, columns)
+        label = lambda f: f"{columns[f % shape[1]]} at step {f // shape[1] - shape[0]}"  # noqa: E731
+    elif len(shape) == 1 and len(feature_names) == shape[0]:  # table rows
+        label = lambda f: feature_names[f]  # noqa: E731
     else:
-        attr, gap = gradient_x_input(task.explain_scores, x, t)
+        label = lambda f: str(list(map(int, torch.unravel_index(torch.tensor(f), shape))))  # noqa: E731
     results = []
     for i, inp in enumerate(example_labels(inputs, len(x))):
         j = int(t[i])
@@ -130,14 +137,6 @@ def explain_run(run_dir, inputs: list[str], method: str = "integrated_gradients"
         if not image:
             flat = attr[i].flatten()
             order = flat.abs().argsort(descending=True)[:top].tolist()
-            shape = tuple(attr.shape[1:])
-            names_in = run.info.get("feature_names") or []
-            if len(shape) == 2 and len(run.info.get("inputs") or []) == shape[1]:  # (time steps, columns)
-                label = lambda f: f"{run.info['inputs'][f % shape[1]]} at step {f // shape[1] - shape[0]}"  # noqa: E731
-            elif len(shape) == 1 and len(names_in) == shape[0]:
-                label = lambda f: names_in[f]  # noqa: E731
-            else:
-                label = lambda f: str(list(map(int, torch.unravel_index(torch.tensor(f), shape))))  # noqa: E731
             r["top"] = [{"feature": label(f), "attribution": round(float(flat[f]), 6)} for f in order]
         results.append(r)
     if image:

@@ -49,9 +49,11 @@ def gradient_x_input(fn: Callable, x: torch.Tensor, target: torch.Tensor) -> tup
     return (g * x).float(), None
 
 
-def attribute(method: str, fn: Callable, x: torch.Tensor, target: torch.Tensor, steps: int = 32):
+def attribute(method: str, fn: Callable, x: torch.Tensor, target: torch.Tensor, baseline: torch.Tensor | None = None,
+              steps: int = 32) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(attributions, completeness gap or None) by `method`, one of METHODS."""
     if method == "integrated_gradients":
-        return integrated_gradients(fn, x, target, steps=steps)
+        return integrated_gradients(fn, x, target, baseline=baseline, steps=steps)
     if method == "gradient_x_input":
         return gradient_x_input(fn, x, target)
     raise ValueError(f"unknown attribution method {method!r}; known: {', '.join(METHODS)}")

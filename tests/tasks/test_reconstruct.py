@@ -167,6 +167,19 @@ def test_threshold_is_saved_and_used_by_predict(mnist_run, tmp_path, capsys):
     assert preds[1]["anomalous"] and preds[1]["anomaly_score"] > preds[0]["anomaly_score"]
 
 
+def test_explain_attributes_the_anomaly_score(mnist_run, tmp_path):
+    """`strata explain` on an autoencoder run: the anomaly score of a noise image is spread over its
+    pixels, and integrated gradients accounts for it (a small completeness gap)."""
+    from strata.evaluate import explain_run
+
+    noise = (np.random.default_rng(1).random((28, 28)) * 255).astype(np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    (r,) = explain_run(mnist_run[0].run_dir, [str(tmp_path / "noise.png")], steps=64, out=tmp_path / "heat.png")
+    assert r["target"] == "anomaly_score" and r["score"] > 0
+    assert abs(r["completeness_gap"]) < 0.05 * r["score"], r
+    assert (tmp_path / "heat.png").is_file()
+
+
 def test_generate_on_an_autoencoder_run_is_a_clear_error(mnist_run, capsys):
     from strata.cli import main
 
