@@ -250,6 +250,8 @@ class ComponentConfig:
 
     name: str
     options: dict = field(default_factory=dict)
+    # The user's own torch.nn.Module instance (strata.fit), used as built; never written to TOML.
+    module: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -327,8 +329,11 @@ def _component_options(raw: dict, section: str, registry) -> tuple[str, dict]:
     return name, sec
 
 
-def build_config(raw: dict) -> RunConfig:
-    """Validate a raw TOML dict (after overrides) into a RunConfig."""
+def build_config(raw: dict, modules: dict | None = None) -> RunConfig:
+    """Validate a raw TOML dict (after overrides) into a RunConfig. `modules` maps "model" / "task"
+    to instances the user built in Python (strata.fit, strata.load(..., model=...)): that section's
+    name and options are recorded as given, not validated (the instance is already built)."""
+    modules = modules or {}
     from strata.data import DATASETS
     from strata.models import MODELS
     from strata.tasks import TASKS
@@ -352,13 +357,15 @@ def build_config(raw: dict) -> RunConfig:
     ds_name, ds_opts = _component_options({k: v for k, v in data_raw.items() if k not in generic - {"name"}},
                                           "data", DATASETS)
     data = from_dict(DataConfig, {**generic_part, "name": ds_name, "options": ds_opts}, "[data]")
-    m_name, m_opts = _component_options(raw["model"], "model", MODELS)
-    t_name, t_opts = _component_options(raw["task"], "task", TASKS)
+    given = {sec: (dict(raw[sec]).pop("name", "module"), {k: v for k, v in raw[sec].items() if k != "name"})
+             for sec in ("model", "task") if modules.get(sec) is not None}
+    m_name, m_opts = given.get("model") or _component_options(raw["model"], "model", MODELS)
+    t_name, t_opts = given.get("task") or _component_options(raw["task"], "task", TASKS)
     return RunConfig(
         name=name,
         data=data,
-        model=ComponentConfig(m_name, m_opts),
-        task=ComponentConfig(t_name, t_opts),
+        model=ComponentConfig(m_name, m_opts, modules.get("model")),
+        task=ComponentConfig(t_name, t_opts, modules.get("task")),
         optimizer=from_dict(OptimizerConfig, raw.get("optimizer", {}), "[optimizer]"),
         schedule=from_dict(ScheduleConfig, raw.get("schedule", {}), "[schedule]"),
         trainer=from_dict(TrainerConfig, raw.get("trainer", {}), "[trainer]"),

@@ -7,11 +7,18 @@ from strata.registry import Registry
 MODELS = Registry("model")
 
 
-def build_model(name: str, options: dict, section: str = "model", **inferred):
+def build_model(model, options: dict | None = None, section: str = "model", **inferred):
+    """model: the [model] section (a ComponentConfig), or a registered name with `options`.
+    A section that carries the user's own module instance (`strata.fit(my_module, ...)`) returns it
+    as it is: the facts of the data are for constructors, and that module is already built."""
     from strata.config import component_config
 
-    cls = MODELS.get(name)
-    return cls(component_config(cls, options, section, **inferred))
+    if not isinstance(model, str):
+        if getattr(model, "module", None) is not None:
+            return model.module
+        model, options = model.name, model.options
+    cls = MODELS.get(model)
+    return cls(component_config(cls, options or {}, section, **inferred))
 
 
 from strata._autoload import import_submodules  # noqa: E402

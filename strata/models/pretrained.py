@@ -54,7 +54,7 @@ def encoder_from_run(run_dir: str, in_shape: tuple[int, ...], pretrained: bool) 
         model = getattr(load_run(path).task, "model", None)
     else:
         cfg = load_config(path / "config.toml")
-        model = build_model(cfg.model.name, cfg.model.options, in_shape=run_shape)
+        model = build_model(cfg.model, in_shape=run_shape)
     encoder = getattr(model, "encoder", None)
     if not isinstance(encoder, nn.Module) or not hasattr(encoder, "out_features"):
         raise StrataError(f"[model] init_from: the model of run {path} has no encoder; use a run of model "

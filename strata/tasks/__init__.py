@@ -6,9 +6,13 @@ TASKS = Registry("task")
 
 
 def build_task(cfg, info: dict):
-    """cfg: the RunConfig. The task builds its own model(s) from cfg.model."""
+    """cfg: the RunConfig. The task builds its own model(s) from cfg.model, unless the user gave
+    their own Task instance from Python (strata.fit(MyTask(), ...)): that one is used as built."""
     from strata.config import component_config
 
+    if cfg.task.module is not None:
+        cfg.task.module.info = info
+        return cfg.task.module
     cls = TASKS.get(cfg.task.name)
     task_cfg = component_config(cls, cfg.task.options, "task", **info)
     return cls(task_cfg, cfg.model, info)

@@ -205,7 +205,7 @@ def build_image_model(model, info: dict, num_classes: int, task: str):
     c, h, w = info["in_shape"]
     if h != w:
         raise StrataError(f"task '{task}' needs square images, got {h}x{w}")
-    return build_model(model.name, model.options, in_channels=c, image_size=h,
+    return build_model(model, in_channels=c, image_size=h,
                        num_classes=info.get("num_classes", num_classes))
 
 

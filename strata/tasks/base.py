@@ -47,12 +47,14 @@ class Task(nn.Module):
     # Keys of the batch that hold the model input, for summaries and predict.
     input_key: str = "x"
 
-    def __init__(self, cfg, model: "ComponentConfig", info: dict):
+    def __init__(self, cfg=None, model: "ComponentConfig | None" = None, info: dict | None = None):
         """cfg: this task's Config; model: the [model] section (name + options), which the task
-        builds with strata.models.build_model(model.name, model.options, **facts from info)."""
+        builds with strata.models.build_model(model, **facts from info). A Task written in a user's
+        own file (strata.fit(MyTask(...), data)) builds its modules itself and calls
+        super().__init__() with no arguments; `info` (the data's facts) is set before training."""
         super().__init__()
         self.cfg = cfg
-        self.info = info
+        self.info = info or {}
 
     # --- training -------------------------------------------------------------------------
     def configure_optimizers(self, cfg: OptimizerConfig) -> dict[str, tuple[list[nn.Parameter], OptimizerConfig]]:

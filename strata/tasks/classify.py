@@ -67,7 +67,7 @@ class Classify(Task):
             raise StrataError("this data set's target is a number to predict (a regression target), not a class; "
                               "use [task] name = \"regress\" (or, for a CSV table of class codes, [data] "
                               "target_kind = \"class\")")
-        self.model = build_model(model.name, model.options, **info)
+        self.model = build_model(model, **info)
         self.class_names = info.get("class_names") or [str(i) for i in range(cfg.num_classes)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

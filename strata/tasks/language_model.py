@@ -97,7 +97,7 @@ class LanguageModel(Task):
 
     def __init__(self, cfg: LanguageModelConfig, model, info: dict):
         super().__init__(cfg, model, info)
-        self.model = build_model(model.name, model.options, **info)
+        self.model = build_model(model, **info)
         self.chars_per_token = float(info.get("chars_per_token", 1.0))
         self._nll = self._count = None
 

@@ -101,7 +101,7 @@ class ReconstructTask(Task):
         super().__init__(cfg, model, info)
         if "in_shape" not in info:
             raise StrataError("task 'reconstruct' needs a data set that states its input shape (info['in_shape'])")
-        self.model = build_model(model.name, model.options, in_shape=tuple(info["in_shape"]))
+        self.model = build_model(model, in_shape=tuple(info["in_shape"]))
         if not hasattr(self.model, "encoder") or not hasattr(self.model, "decoder"):
             raise StrataError(f"task 'reconstruct' needs an encoder-decoder model such as 'autoencoder', "
                               f"got model '{model.name}'")

@@ -55,7 +55,7 @@ class Regress(Task):
                               f"({info['num_classes']} classes); use [task] name = \"classify\", or for a CSV "
                               "table set [data] target_kind = \"regression\"")
         k = cfg.num_outputs
-        self.model = build_model(model.name, model.options, **{**info, "num_classes": k})
+        self.model = build_model(model, **{**info, "num_classes": k})
         mean = info.get("target_mean", [0.0] * k) if cfg.standardize else [0.0] * k
         std = info.get("target_std", [1.0] * k) if cfg.standardize else [1.0] * k
         if len(mean) != k or len(std) != k:

@@ -76,7 +76,7 @@ class Seq2Seq(Task):
 
     def __init__(self, cfg: Seq2SeqTaskConfig, model, info: dict):
         super().__init__(cfg, model, info)
-        self.model = build_model(model.name, model.options, **info)
+        self.model = build_model(model, **info)
         self.bos_id = int(info.get("bos_id", BOS))
         self.eos_id = int(info.get("eos_id", EOS))
         self._src_tok = self._tgt_tok = None

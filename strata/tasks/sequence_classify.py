@@ -67,7 +67,7 @@ class SequenceClassify(Task):
 
     def __init__(self, cfg: SequenceClassifyConfig, model, info: dict):
         super().__init__(cfg, model, info)
-        self.model = build_model(model.name, model.options, **info)
+        self.model = build_model(model, **info)
         self.class_names = info.get("class_names") or [str(i) for i in range(cfg.num_classes)]
 
     @staticmethod

@@ -63,7 +63,7 @@ class VAETask(Task):
         super().__init__(cfg, model, info)
         if "in_shape" not in info:
             raise StrataError("task 'vae' needs an image data set that states its input shape (info['in_shape'])")
-        self.model = build_model(model.name, model.options, in_shape=tuple(info["in_shape"]))
+        self.model = build_model(model, in_shape=tuple(info["in_shape"]))
         if not all(hasattr(self.model, a) for a in ("encode", "decode", "nll", "mean_image")):
             raise StrataError(f"task 'vae' needs a variational model such as 'vae', got model '{model.name}'")
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
