@@ -101,26 +101,32 @@ class NumpyArrays(DatasetSpec):
 
     def encode_inputs(self, inputs, info, run_dir):
         """.npy files (one example, or a batch) or .npz files with x, shaped like the training x."""
-        out = []
-        for item in inputs:
-            p = Path(item)
-            if p.suffix not in (".npy", ".npz") or not p.is_file():
-                raise DataError(f"input {item} is not an existing .npy or .npz file")
-            try:
-                if p.suffix == ".npz":
-                    with np.load(p, allow_pickle=False) as z:
-                        x = z["x"]
-                else:
-                    x = np.load(p, allow_pickle=False)
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-                raise DataError(f"{p} is not a readable .npy, or an .npz holding x ({e})") from None
-            if list(x.shape) == info["in_shape"]:
-                x = x[None]
-            if list(x.shape[1:]) != info["in_shape"]:
-                raise DataError(f"{p}: examples of shape {list(x.shape)}, the model takes {info['in_shape']} "
-                                f"(or a batch of them)")
-            out.append(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        return {"x": torch.cat(out)}
+        return {"x": torch.from_numpy(np.ascontiguousarray(read_inputs(inputs, info["in_shape"]), dtype=np.float32))}
+
+
+def read_inputs(inputs, in_shape) -> np.ndarray:
+    """The examples in .npy files (one example, or a batch) or .npz files holding x, as one batch
+    shaped (N, *in_shape)."""
+    out = []
+    for item in inputs:
+        p = Path(item)
+        if p.suffix not in (".npy", ".npz") or not p.is_file():
+            raise DataError(f"input {item} is not an existing .npy or .npz file")
+        try:
+            if p.suffix == ".npz":
+                with np.load(p, allow_pickle=False) as z:
+                    x = z["x"]
+            else:
+                x = np.load(p, allow_pickle=False)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise DataError(f"{p} is not a readable .npy, or an .npz holding x ({e})") from None
+        if in_shape is not None and list(x.shape) == list(in_shape):
+            x = x[None]
+        if in_shape is not None and list(x.shape[1:]) != list(in_shape):
+            raise DataError(f"{p}: examples of shape {list(x.shape)}, the model takes {list(in_shape)} "
+                            f"(or a batch of them)")
+        out.append(x)
+    return np.concatenate(out)
 
 
 DATASETS.register("numpy", NumpyArrays())
