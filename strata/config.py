@@ -104,12 +104,16 @@ def from_dict(cls, data: dict, where: str, ignore: tuple[str, ...] = ()):
     if not isinstance(data, dict):  # `trainer = 3` in the file, or --set trainer=3
         raise ConfigError(f"{where}: expected a table, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in fields(cls) if f.init}
-    kwargs = {}
+    rest = getattr(cls, "REST", None)  # a dict field that takes the keys not declared (a constructor's **kwargs)
+    names = {f.name for f in fields(cls) if f.init} - {rest}
+    kwargs = {rest: {}} if rest else {}
     for key, value in data.items():
         if key in ignore:
             continue
         if key not in names:
+            if rest:
+                kwargs[rest][key] = value
+                continue
             raise ConfigError(f"{where}: unknown key '{key}'{closest(key, names)}; valid keys: {', '.join(sorted(names))}")
         kwargs[key] = _coerce(value, hints[key], f"{where} {key}")
     try:
@@ -329,13 +333,16 @@ def _component_options(raw: dict, section: str, registry) -> tuple[str, dict]:
     return name, sec
 
 
-def build_config(raw: dict, modules: dict | None = None) -> RunConfig:
+def build_config(raw: dict, modules: dict | None = None, base_dir: str | Path | None = None) -> RunConfig:
     """Validate a raw TOML dict (after overrides) into a RunConfig. `modules` maps "model" / "task"
     to instances the user built in Python (strata.fit, strata.load(..., model=...)): that section's
-    name and options are recorded as given, not validated (the instance is already built)."""
+    name and options are recorded as given, not validated (the instance is already built).
+    base_dir: the config file's folder, where a model file ([model] name = "nets.py:MyNet") is looked
+    for before the current folder."""
     modules = modules or {}
     from strata.data import DATASETS
     from strata.models import MODELS
+    from strata.models.user import absolute_spec, is_spec
     from strata.tasks import TASKS
 
     for key in raw:
@@ -359,7 +366,13 @@ def build_config(raw: dict, modules: dict | None = None) -> RunConfig:
     data = from_dict(DataConfig, {**generic_part, "name": ds_name, "options": ds_opts}, "[data]")
     given = {sec: (dict(raw[sec]).pop("name", "module"), {k: v for k, v in raw[sec].items() if k != "name"})
              for sec in ("model", "task") if modules.get(sec) is not None}
-    m_name, m_opts = given.get("model") or _component_options(raw["model"], "model", MODELS)
+    model_raw = dict(raw["model"])
+    if isinstance(model_raw.get("name"), str) and is_spec(model_raw["name"]) and "model" not in given:
+        try:  # stored absolute: the run folder's config.toml imports it from any working folder
+            model_raw["name"] = absolute_spec(model_raw["name"], base_dir)
+        except ConfigError as e:
+            raise ConfigError(f"[model] name: {e}") from None
+    m_name, m_opts = given.get("model") or _component_options(model_raw, "model", MODELS)
     t_name, t_opts = given.get("task") or _component_options(raw["task"], "task", TASKS)
     return RunConfig(
         name=name,
@@ -380,7 +393,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-    return build_config(apply_overrides(raw, list(overrides)))
+    return build_config(apply_overrides(raw, list(overrides)), base_dir=path.parent)
 
 
 def dump_toml(cfg: RunConfig) -> str:
@@ -391,14 +404,15 @@ def dump_toml(cfg: RunConfig) -> str:
 
 def component_config(comp, options: dict, section: str, **inferred):
     """The component's own Config from the section's options, filling keys the data implies
-    (in_channels, num_classes, vocab_size, ...) when the user left them out."""
+    (in_channels, num_classes, vocab_size, ...) when the user left them out. A component may narrow
+    the keys the data fills with `data_facts` (a user's class: the facts its constructor declares)."""
     cfg_cls = comp.Config
     if cfg_cls is None:
         if options:
             raise ConfigError(f"[{section}]: '{options and next(iter(options))}' is not a key of this component; "
                               "it takes no options besides name")
         return None
-    names = {f.name for f in fields(cfg_cls)}
+    names = set(getattr(comp, "data_facts", (f.name for f in fields(cfg_cls))))
     merged = {k: v for k, v in inferred.items() if k in names and k not in options}
     merged.update(options)
     return from_dict(cfg_cls, merged, f"[{section}]")

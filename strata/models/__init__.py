@@ -4,7 +4,20 @@ __init__; keys the data implies (in_channels, num_classes, vocab_size, ...) are 
 
 from strata.registry import Registry
 
-MODELS = Registry("model")
+
+class ModelRegistry(Registry):
+    """The registered families, and the user's own classes: a name with a ':' ("nets.py:MyNet",
+    "mypackage.nets:MyNet") is imported and adapted by strata.models.user."""
+
+    def get(self, name: str):
+        if ":" in name:
+            from strata.models.user import user_model
+
+            return user_model(name)
+        return super().get(name)
+
+
+MODELS = ModelRegistry("model")
 
 
 def build_model(model, options: dict | None = None, section: str = "model", **inferred):

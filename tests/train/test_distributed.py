@@ -53,11 +53,13 @@ def _run(cmd, env):
     return out
 
 
-def test_two_processes_match_one_process_over_the_same_global_batch(tmp_path: Path):
+def check_two_processes_match_one(config: str, tmp_path: Path) -> dict:
+    """Train `config` (a {batch} placeholder; 1184 digits, 2 epochs) in one process at batch 32 and
+    under torchrun in 2 processes at 16 each: the same weights within float tolerance. Returns them."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one_cfg, two_cfg = tmp_path / "one.toml", tmp_path / "two.toml"
-    one_cfg.write_text(CONFIG.format(batch=32))
-    two_cfg.write_text(CONFIG.format(batch=16))  # per process: 2 x 16 = the same global batch of 32
+    one_cfg.write_text(config.format(batch=32))
+    two_cfg.write_text(config.format(batch=16))  # per process: 2 x 16 = the same global batch of 32
 
     _run([sys.executable, "-m", "strata", "train", str(one_cfg), "--run-dir", str(tmp_path / "one"),
           "--device", "cpu"], env)
@@ -71,6 +73,11 @@ def test_two_processes_match_one_process_over_the_same_global_batch(tmp_path: Pa
     assert s2["step"] == 2 * 37  # 1184 / 32 global batches per epoch
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
+    return w1
+
+
+def test_two_processes_match_one_process_over_the_same_global_batch(tmp_path: Path):
+    w1 = check_two_processes_match_one(CONFIG, tmp_path)
     # and training did move the weights
     assert not torch.allclose(w1["model.head.weight"], torch.zeros_like(w1["model.head.weight"]))
 

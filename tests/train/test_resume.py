@@ -57,9 +57,9 @@ def _sha(run_dir: Path) -> str:
     return json.loads((run_dir / "summary.json").read_text())["weights_sha256"]
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
-    cfg = tmp_path / "cfg.toml"
-    cfg.write_text(CONFIG)
+def check_sigkill_then_resume_is_bit_identical(cfg: Path, tmp_path: Path) -> None:
+    """Train `cfg` (batch 32 on digits, checkpoints every 5 steps) uninterrupted; train it again,
+    SIGKILL it just after a checkpoint in the first half of an epoch, resume: the same weights."""
     ref = tmp_path / "ref"
     subprocess.run(_cmd(cfg, ref), check=True, env=_env(), capture_output=True, timeout=300)
 
@@ -90,3 +90,9 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     done = subprocess.run(_cmd(cfg, run, "--resume"), env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert _sha(run) == _sha(ref)
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(CONFIG)
+    check_sigkill_then_resume_is_bit_identical(cfg, tmp_path)
