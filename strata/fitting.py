@@ -193,7 +193,9 @@ def fit(model, data, *, val=None, test=None, task: str | None = None, epochs: in
     notices: list[str] = []
     data_sec = _data_section(data, target)
     if data_sec is None:
-        bundle, task, loader_bs = python_bundle(data, val=val, test=test, task=task, val_split=val_split,
+        own_step = "task" in modules and task is None  # the user's Task reads the batches it is given
+        bundle, task, loader_bs = python_bundle(data, val=val, test=test, task=task or ("own" if own_step else None),
+                                                val_split=val_split,
                                                 split_seed=seed, standardize=standardize, notices=notices)
         data_sec = {"name": "python", "val_fraction": val_split if val is None else 0.0}
         batch_size = batch_size or loader_bs
