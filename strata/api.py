@@ -7,14 +7,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from strata.config import RunConfig, apply_overrides, build_config, load_config
-from strata.errors import StrataError
+from strata.run_folder import RunFolder
 
 
 @dataclass
@@ -62,25 +61,13 @@ def load_run(run_dir, which: str = "best", device: str | torch.device = "cpu") -
     from strata.tasks import build_task
     from strata.train.checkpoint import check_compatible, load_checkpoint
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise StrataError(f"run folder {run_dir} does not exist; `strata train CONFIG --run-dir {run_dir}` creates one")
-    if not (run_dir / "config.toml").is_file():
-        raise StrataError(f"{run_dir} is not a strata run folder (no config.toml); give the folder that "
-                          "`strata train` wrote")
-    cfg = load_config(run_dir / "config.toml")
-    info_path = run_dir / "info.json"
-    try:
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    except (ValueError, OSError) as e:
-        raise StrataError(f"{info_path} is unreadable ({e}); it is written by `strata train`: restore it from the "
-                          "run folder's backup or train again") from None
-    ckpt = run_dir / "checkpoints" / which
-    if not (ckpt / "manifest.json").exists():
-        ckpt = run_dir / "checkpoints" / "last"
+    folder = RunFolder(run_dir).require()
+    cfg = folder.read_config()
+    info = folder.read_info()
+    ckpt = folder.newest_checkpoint(which)
     task = build_task(cfg, info)
     weights, _, _ = load_checkpoint(ckpt)
     check_compatible(task.state_dict(), weights, str(ckpt))
     task.load_state_dict(weights)
     task.to(device).eval()
-    return LoadedRun(cfg, task, info, run_dir, str(ckpt))
+    return LoadedRun(cfg, task, info, folder.path, str(ckpt))

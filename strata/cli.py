@@ -281,8 +281,7 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.formatwarning = lambda message, *a, **k: f"strata: warning: {message}\n"
     args = build_parser().parse_args(argv)
-    from strata.errors import StrataError
-    from strata.train import Interrupted
+    from strata.errors import Interrupted, StrataError
 
     try:
         return COMMANDS[args.command](args)
@@ -292,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"strata {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Interrupted as e:
-        print(f"strata {args.command}: {e}. Resume with:\n  strata train {e.run_dir / 'config.toml'} "
+        from strata.run_folder import RunFolder
+
+        print(f"strata {args.command}: {e}. Resume with:\n  strata train {RunFolder(e.run_dir).config} "
               f"--run-dir {e.run_dir} --resume", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

@@ -15,3 +15,14 @@ class DataError(StrataError):
 
 class CheckpointError(StrataError):
     pass
+
+
+class Interrupted(Exception):
+    """Training stopped by a signal after saving `last` (at `saved`); exit code 130 (SIGINT) or 143 (SIGTERM)."""
+
+    def __init__(self, signum: int, run_dir, saved):
+        import signal
+
+        self.exit_code = 128 + signum
+        self.run_dir = run_dir
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; saved {saved}")

@@ -9,9 +9,11 @@ import torch
 
 from strata.api import load_run, resolve_config
 from strata.data import DATASETS, load_data
+from strata.device import pick_device
 from strata.errors import StrataError
+from strata.run_folder import RunFolder
+from strata.train.evaluation import evaluate
 from strata.train.loader import EpochBatches, to_device
-from strata.train.trainer import evaluate, pick_device
 
 
 def evaluate_run(run_dir, split: str = "test", device: str | None = None) -> dict:
@@ -145,7 +147,7 @@ def explain_run(run_dir, inputs: list[str], method: str = "integrated_gradients"
         if isinstance(stats, dict):  # back to [0, 1] for display
             shape = (1, -1, 1, 1)
             shown = shown * torch.tensor(stats["std"]).view(shape) + torch.tensor(stats["mean"]).view(shape)
-        path = save_grid(heatmap(shown, attr.cpu()), out or Path(run_dir) / "explain.png", nrow=2)
+        path = save_grid(heatmap(shown, attr.cpu()), out or RunFolder(run_dir).artefact("explain.png"), nrow=2)
         for r in results:
             r["out"] = str(path)
     return results

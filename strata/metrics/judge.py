@@ -32,6 +32,7 @@ import torch
 
 from strata.errors import StrataError
 from strata.metrics.frechet import frechet_from_features
+from strata.run_folder import RunFolder
 
 # The judge trained on the fly when no judge_run is given: the LeNet-style cnn with shift
 # augmentation (about 99.2% test accuracy on MNIST, 91% on Fashion-MNIST after 3 epochs).
@@ -111,7 +112,7 @@ def train_judge(dataset: str, data_options: dict | None = None, say: Callable[[s
     from strata.api import train
 
     target = judge_cache(dataset)
-    if (target / "summary.json").is_file():
+    if RunFolder(target).is_finished():
         return target
     say = say or (lambda m: print(f"strata: {m}", file=sys.stderr))
     say(f"training a judge classifier for '{dataset}' (once; cached in {target})")
@@ -141,7 +142,7 @@ def resolve_judge(judge_run: str, dataset: str | None, info: dict, train_if_miss
         if dataset is None:
             raise StrataError("no judge: set [task] judge_run to a classify run folder on the same data set")
         path = judge_cache(dataset)
-        if not (path / "summary.json").is_file():
+        if not RunFolder(path).is_finished():
             if not train_if_missing:
                 return None
             path = train_judge(dataset)
@@ -152,14 +153,7 @@ def resolve_judge(judge_run: str, dataset: str | None, info: dict, train_if_miss
 
 def dataset_of(run_dir: str | Path) -> str | None:
     """The [data] name in a run folder's config.toml."""
-    p = Path(run_dir) / "config.toml"
-    if not p.is_file():
-        return None
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    return tomllib.loads(p.read_text(encoding="utf-8")).get("data", {}).get("name")
+    return RunFolder(run_dir).data_name()
 
 
 def judge_samples(judge: Judge, samples: Iterable[tuple[torch.Tensor, torch.Tensor | None]], real: torch.Tensor,

@@ -21,9 +21,7 @@ pretrained, its weights) whenever it is built, also when the classifier run is l
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -31,19 +29,18 @@ from torch import nn
 from strata.config import check
 from strata.errors import StrataError
 from strata.models import MODELS, build_model
+from strata.run_folder import RunFolder
 
 
 def encoder_from_run(run_dir: str, in_shape: tuple[int, ...], pretrained: bool) -> nn.Module:
     """The `.encoder` of the model of a finished run (its weights when `pretrained`)."""
-    from strata.config import load_config
-
-    path = Path(run_dir)
-    if not (path / "config.toml").is_file():
+    folder = RunFolder(run_dir)
+    path = folder.path
+    if not folder.is_run():
         raise StrataError(f"[model] init_from: {path} is not a strata run folder (no config.toml); give the "
                           "folder of a finished 'reconstruct' or 'vae' run (the encoder classifier reads it "
                           "whenever it is built, so keep it in place)")
-    info_path = path / "info.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info = folder.read_info()
     run_shape = tuple(info.get("in_shape", in_shape))
     if run_shape != tuple(in_shape):
         raise StrataError(f"[model] init_from: the run {path} was trained on inputs of shape {list(run_shape)}, "
@@ -53,7 +50,7 @@ def encoder_from_run(run_dir: str, in_shape: tuple[int, ...], pretrained: bool) 
 
         model = getattr(load_run(path).task, "model", None)
     else:
-        cfg = load_config(path / "config.toml")
+        cfg = folder.read_config()
         model = build_model(cfg.model, in_shape=run_shape)
     encoder = getattr(model, "encoder", None)
     if not isinstance(encoder, nn.Module) or not hasattr(encoder, "out_features"):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+
+from strata.run_folder import RunFolder
 
 
 def _plt():
@@ -17,16 +18,11 @@ def _plt():
     return plt
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 def learning_curve(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Train and validation loss per epoch, and every other validation metric on a second axis."""
     plt = _plt()
-    run_dir = Path(run_dir)
-    events = read_metrics(run_dir)
+    folder = RunFolder(run_dir)
+    events = folder.read_metrics()
     train = [(e["epoch"], e["loss"]) for e in events if e["event"] == "train"]
     val = [e for e in events if e["event"] == "val"]
     fig, ax = plt.subplots(figsize=(6.4, 4))
@@ -45,9 +41,9 @@ def learning_curve(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ax2.set_ylabel(", ".join(others[:3]))
         ax2.legend(loc="center right")
     ax.legend(loc="upper right")
-    ax.set_title(f"learning curve: {run_dir.name}")
+    ax.set_title(f"learning curve: {folder.path.name}")
     fig.tight_layout()
-    out = Path(out) if out else run_dir / "learning_curve.png"
+    out = Path(out) if out else folder.artefact("learning_curve.png")
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out

@@ -2,9 +2,10 @@
 
 It never branches on a model family: a task yields one Loss per optimiser phase and the loop below
 backpropagates, accumulates, clips, steps and schedules each phase the same way (see tasks/base.py).
-Around that loop: validation every epoch (or every N steps), best checkpoint by a monitored metric,
-early stopping, reduce-on-plateau, mixed precision, gradient accumulation, data parallelism across
-processes, exact resume, and a clean stop on Ctrl-C / SIGTERM.
+Around that loop: validation every epoch (or every N steps), mixed precision, gradient accumulation,
+data parallelism across processes, exact resume, and a clean stop on Ctrl-C / SIGTERM or when a
+callback asks. What happens between steps (best checkpoint, early stopping, reduce-on-plateau, the
+metrics files, TensorBoard, your own code) is a callback: see strata/train/callbacks.py.
 """
 
 from __future__ import annotations
@@ -13,127 +14,46 @@ import contextlib
 import json
 import math
 import os
-import random
 import signal
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from strata.config import RunConfig, dump_toml
+from strata.config import RunConfig
 from strata.data import load_data
-from strata.errors import CheckpointError, ConfigError, StrataError
+from strata.device import pick_device, seed_everything
+from strata.errors import CheckpointError, ConfigError, Interrupted, StrataError
 from strata.registry import closest
+from strata.run_folder import RunFolder
 from strata.tasks import build_task
 from strata.tasks.base import Loss
-from strata.files import atomic_write
+from strata.train.callbacks import Callback, builtin_callbacks, hook_table, improves
 from strata.train.checkpoint import (check_compatible, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
                                      weights_sha256)
 from strata.train.distributed import Dist
+from strata.train.evaluation import evaluate
 from strata.train.loader import EpochBatches
 from strata.train.optim import build_optimizer, build_schedule
 from strata.train.progress import Progress
 
-# Under torchrun, steps between the processes' checks for a stop signal (each check is a collective
-# and a host-device sync, too dear for every step).
+# Under torchrun, steps between the processes' checks for a stop signal or a callback's stop request
+# (each check is a collective and a host-device sync, too dear for every step).
 STOP_CHECK_EVERY = 8
-
-
-class Interrupted(Exception):
-    """Training stopped by a signal after saving `last`; exit code 130 (SIGINT) or 143 (SIGTERM)."""
-
-    def __init__(self, signum: int, run_dir: Path):
-        self.exit_code = 128 + signum
-        self.run_dir = run_dir
-        super().__init__(f"interrupted by {signal.Signals(signum).name}; saved {run_dir / 'checkpoints' / 'last'}")
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            return torch.device(f"cuda:{local}")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' asked for, but this torch build sees no CUDA GPU; use --device cpu "
-                          "or install a CUDA build of torch")
-    if name == "cuda":  # under torchrun, each process takes its own GPU
-        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("device 'mps' asked for, but MPS is not available here; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device {name!r} is unknown; use auto, cpu, cuda, cuda:N or mps") from None
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def default_run_dir(name: str) -> Path:
     return Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-class _Metrics:
-    """Sums and counts kept on the device during an evaluation pass; one sync at the end."""
-
-    def __init__(self):
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, torch.Tensor] = {}
-
-    def add(self, out: dict) -> None:
-        for k, (s, c) in out.items():
-            s = s.detach().double() if torch.is_tensor(s) else torch.tensor(float(s), dtype=torch.float64)
-            c = c.detach().double() if torch.is_tensor(c) else torch.tensor(float(c), dtype=torch.float64, device=s.device)
-            if k in self.sums:
-                self.sums[k] += s
-                self.counts[k] += c
-            else:
-                self.sums[k], self.counts[k] = s.clone(), c.clone()
-
-    def compute(self, dist: Dist) -> dict[str, float]:
-        if not self.sums:
-            return {}
-        keys = sorted(self.sums)
-        flat = torch.stack([self.sums[k] for k in keys] + [self.counts[k].to(self.sums[k].device) for k in keys])
-        flat = dist.sum_(flat).cpu()
-        n = len(keys)
-        return {k: float(flat[i] / flat[n + i]) if flat[n + i] > 0 else float("nan") for i, k in enumerate(keys)}
-
-
-@torch.no_grad()
-def evaluate(task, data, split: str, batch_size: int, device: torch.device, collate=None, dist: Dist | None = None,
-             autocast=contextlib.nullcontext, max_batches: int = 0) -> dict[str, float]:
-    """One pass of task.validation_step over `data` (its first max_batches batches, if > 0);
-    metrics named '<split>/<metric>'."""
-    dist = dist or Dist()
-    batches = EpochBatches(data, batch_size, False, 0, device, dist.rank, dist.world, collate)
-    was_training = task.training
-    task.eval()
-    task.validation_start()
-    acc = _Metrics()
-    with autocast():
-        for i, batch in batches.epoch(0):
-            if max_batches and i >= max_batches:
-                break
-            acc.add(task.validation_step(batch))
-    out = acc.compute(dist)
-    out.update(task.validation_end())
-    task.train(was_training)
-    return {f"{split}/{k}": v for k, v in out.items()}
-
-
 class Trainer:
+    """fit() trains a run config's task into a run folder. `callbacks` (strata.train.Callback) are
+    called after the built-in ones; `bundle` replaces the data the config names."""
+
     def __init__(self, cfg: RunConfig, run_dir: str | Path | None = None, device: str | None = None,
-                 resume: bool = False, progress: Progress | None = None, bundle=None):
+                 resume: bool = False, progress: Progress | None = None, bundle=None, callbacks=()):
         self.cfg = cfg
         t = cfg.trainer
         self.dist = Dist()
@@ -148,10 +68,11 @@ class Trainer:
                 raise StrataError("--resume needs --run-dir DIR: the run folder to continue")
             run_dir = self.dist.broadcast_object(str(default_run_dir(cfg.name)))
         self.run_dir = Path(run_dir)
+        self.folder = RunFolder(self.run_dir)
         self.resume = resume
-        has_ckpt = (self.run_dir / "checkpoints" / "last" / "manifest.json").exists()
+        has_ckpt = self.folder.has_checkpoint("last")
         if resume and not has_ckpt:
-            raise CheckpointError(f"--resume: no checkpoint at {self.run_dir / 'checkpoints' / 'last'}; "
+            raise CheckpointError(f"--resume: no checkpoint at {self.folder.checkpoint('last')}; "
                                   f"drop --resume to start a new run there")
         if not resume and has_ckpt:
             raise StrataError(f"run folder {self.run_dir} already holds a run; add --resume to continue it, or "
@@ -159,10 +80,15 @@ class Trainer:
         self.main = self.dist.is_main
         self.progress = progress or Progress(t.progress, t.log_every_s, enabled=self.main)
         self._bundle = bundle
+        self._user_callbacks = list(callbacks)
+        hook_table(self._user_callbacks)  # a wrong object fails here, not after set-up
+        self.callbacks: list[Callback] = []
+        self._hooks = hook_table(())
         self._signal_seen: int | None = None  # a SIGINT / SIGTERM this process received
         self._stop_signal: int | None = None  # the signal every process agreed to stop for
-        self._metrics_file = None
-        self._tb = None
+        self._stop_asked: str | None = None  # a callback's request_stop on this process
+        self._stop_reason: str | None = None  # the request every process agreed to stop for
+        self._last_saved = None  # (step, epoch, batch_in_epoch) of the newest `last`
 
     # --- set-up ---------------------------------------------------------------------------------
     def _setup(self):
@@ -204,17 +130,17 @@ class Trainer:
             for m in self.task.children():
                 m.compile()
 
+        self.callbacks = builtin_callbacks(cfg, self.schedules) + self._user_callbacks
+        self._hooks = hook_table(self.callbacks)
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
-        self.best = None
-        self.bad_validations = 0
         self.history: list[dict] = []
         self.wall_before = 0.0
         if self.resume:
             self._restore()
         if self.main:
-            self._write_run_files()
+            self.folder.write_start(self.cfg, self.info, self.bundle.artifacts)
 
     def _dry_run(self):
         """One evaluation step on two examples before training: a model that does not fit the data
@@ -235,32 +161,28 @@ class Trainer:
             self.task.validation_start()
             self.task.train()
 
-    def _write_run_files(self):
-        d = self.run_dir
-        (d / "checkpoints").mkdir(parents=True, exist_ok=True)
-        atomic_write(d / "config.toml", dump_toml(self.cfg))
-        atomic_write(d / "info.json", json.dumps(self.info, indent=1))
-        for name, data in self.bundle.artifacts.items():
-            atomic_write(d / name, data)
-        self._metrics_file = open(d / "metrics.jsonl", "a", encoding="utf-8")
-        if self.cfg.trainer.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ConfigError("[trainer] tensorboard = true needs the tensorboard package: "
-                                  "pip install tensorboard (or pip install 'strata[tensorboard]')") from None
-            self._tb = SummaryWriter(str(d / "tensorboard"))
+    # --- callbacks ------------------------------------------------------------------------------
+    def _call(self, hook: str, *args) -> None:
+        """Every callback's `hook`, built-ins first (Lightning Fabric's fabric.call)."""
+        for fn in self._hooks[hook]:
+            fn(self, *args)
 
     def log(self, event: str, **values):
-        if not self.main or self._metrics_file is None:
-            return
-        rec = {"event": event, "step": self.step, "epoch": self.epoch, "time": round(time.time(), 3), **values}
-        self._metrics_file.write(json.dumps(rec) + "\n")
-        self._metrics_file.flush()
-        if self._tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)):
-                    self._tb.add_scalar(k if "/" in k else f"{event}/{k}", v, self.step)
+        """One record for the run's logs (metrics.jsonl, metrics.csv, TensorBoard): on_log, rank 0."""
+        if self.main:
+            self._call("on_log", {"event": event, "step": self.step, "epoch": self.epoch,
+                                  "time": round(time.time(), 3), **values})
+
+    def request_stop(self, reason: str) -> None:
+        """Stop the run at the end of this step, on every process at the same step (with several
+        processes: at their next check, at most STOP_CHECK_EVERY steps on, or after a validation).
+        The run then saves `last`, tests, writes its summary and returns normally."""
+        if self._stop_asked is None:
+            self._stop_asked = reason
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_signal is not None or self._stop_reason is not None
 
     # --- checkpoints ----------------------------------------------------------------------------
     def _state(self) -> dict:
@@ -269,25 +191,31 @@ class Trainer:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedules": {k: s.state_dict() for k, s in self.schedules.items()},
             "scaler": self.scaler.state_dict() if self.scaler else {},
-            "rng": rng_state(), "best": self.best, "bad_validations": self.bad_validations,
+            "rng": rng_state(), "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key},
             "history": json.dumps(self.history), "wall_time_s": self.wall_before + (time.perf_counter() - self.t0),
         }
 
     def save(self, which: str = "last") -> str | None:
+        """checkpoints/<which> (rank 0 writes; every process may call); returns the weights' sha256."""
+        if which == "last":
+            self._last_saved = (self.step, self.epoch, self.batch_in_epoch)
         if not self.main:
             return None
-        return save_checkpoint(self.run_dir / "checkpoints" / which, self.task.state_dict(), self._state(),
-                               self.cfg.to_dict(), self.step)
+        path = self.folder.checkpoint(which)
+        sha = save_checkpoint(path, self.task.state_dict(), self._state(), self.cfg.to_dict(), self.step)
+        self._call("on_checkpoint_saved", which, path)
+        return sha
 
     def _restore(self):
-        weights, state, saved = load_checkpoint(self.run_dir / "checkpoints" / "last")
-        check_compatible(self.task.state_dict(), weights, str(self.run_dir / "checkpoints" / "last"))
+        last = self.folder.checkpoint("last")
+        weights, state, saved = load_checkpoint(last)
+        check_compatible(self.task.state_dict(), weights, str(last))
         now = self.cfg.to_dict()
         changed = [f"[{sec}]" for sec in ("model", "task", "optimizer") if saved.get(sec, now[sec]) != now[sec]]
         changed += ["[data] name"] if saved.get("data", {}).get("name", self.cfg.data.name) != self.cfg.data.name else []
         if changed:
             raise CheckpointError(f"--resume: {', '.join(changed)} differ from the config the checkpoint in "
-                                  f"{self.run_dir} was trained with; resume with {self.run_dir / 'config.toml'} "
+                                  f"{self.run_dir} was trained with; resume with {self.folder.config} "
                                   "(or start a new run folder for the new settings)")
         self.task.load_state_dict(weights)
         for k, o in self.optimizers.items():
@@ -297,7 +225,11 @@ class Trainer:
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.best, self.bad_validations = state["best"], state["bad_validations"]
+        # checkpoints written before callbacks kept best and bad_validations at the top
+        legacy = {k: state[k] for k in ("best", "bad_validations") if k in state}
+        for cb in self.callbacks:
+            if cb.state_key:
+                cb.load_state_dict(state.get("callbacks", {}).get(cb.state_key, legacy))
         self.history = json.loads(state["history"])
         self.wall_before = state["wall_time_s"]
         set_rng_state(state["rng"])
@@ -387,7 +319,6 @@ class Trainer:
     def fit(self) -> dict:
         self.t0 = time.perf_counter()
         self._setup()
-        t = self.cfg.trainer
         if self.main:
             what = "resuming" if self.resume else "training"
             # The model's own parameters (summary_modules), not copies a task keeps such as EMA weights.
@@ -397,22 +328,37 @@ class Trainer:
                                 f"{self.device}, {len(self.bundle.train):,} training examples"
                                 + (f", {self.dist.world} processes" if self.dist.enabled else "")
                                 + f" -> {self.run_dir}")
-        stop = self.step >= self.total_steps
-        if not stop:
+        self._call("on_fit_start")
+        try:
+            summary = self._fit()
+        except BaseException as e:
+            self._call("on_exception", e)
+            raise
+        self._call("on_fit_end", summary)
+        return summary
+
+    def _fit(self) -> dict:
+        t = self.cfg.trainer
+        if self.step < self.total_steps:
             self._sanity_check()
         with self._signals():
-            while self.epoch < t.max_epochs and not stop:
-                stop = self._epoch()
+            while self.epoch < t.max_epochs and self.step < self.total_steps and not self.stopping:
+                self._epoch()
                 self._agree_on_stop()
-                if self._stop_signal is not None:
-                    self.save("last")
-                    # No rank exits before rank 0 has saved: torchrun would stop it mid-write.
-                    self.dist.barrier()
-                    self.log("interrupted", signal=signal.Signals(self._stop_signal).name)
-                    raise Interrupted(self._stop_signal, self.run_dir)
+            if self._stop_signal is not None:
+                self.save("last")
+                # No rank exits before rank 0 has saved: torchrun would stop it mid-write.
+                self.dist.barrier()
+                self.log("interrupted", signal=signal.Signals(self._stop_signal).name)
+                raise Interrupted(self._stop_signal, self.run_dir, self.folder.checkpoint("last"))
+        if self._stop_reason is not None:
+            self.progress.write(self._stop_reason)
+            if self._last_saved != (self.step, self.epoch, self.batch_in_epoch):
+                self.save("last")
         return self._finish()
 
-    def _epoch(self) -> bool:
+    def _epoch(self) -> None:
+        """One epoch from where the last one left off; returns early when the run is stopping."""
         t = self.cfg.trainer
         self.task.train()
         epoch_start = time.perf_counter()
@@ -423,32 +369,34 @@ class Trainer:
         samples = 0
         self.progress.start_epoch(self.epoch + 1, total)
         val_every = t.val_every_n_steps
-        stop = False
         for i, batch in self.train_batches.epoch(self.epoch, self.batch_in_epoch):
             boundary = (i + 1) % t.grad_accum == 0 or i + 1 == total
-            first = self._train_step(batch, boundary)
-            loss_sum += first.value.detach().float()
+            loss = self._train_step(batch, boundary).value.detach()
+            loss_sum += loss.float()
             n_logged += 1
             samples += self.cfg.data.batch_size
             self.batch_in_epoch = i + 1
             if not boundary:
                 continue
             self.step += 1
+            self._call("on_batch_end", self.step, loss)
             if not self.dist.enabled or self.step % STOP_CHECK_EVERY == 0:
                 self._agree_on_stop()
             self.progress.update(self.epoch + 1, i + 1, total, self.step,
                                  lambda: {"loss": float(loss_sum) / max(1, n_logged)}, samples)
-            if self._stop_signal is not None:
-                return True
+            if self.stopping:
+                return
             if val_every and self.step % val_every == 0 and i + 1 < total:
                 self.log("train", loss=float(loss_sum) / n_logged, lr=self._lr(), **self._mean_logs(n_logged))
                 loss_sum.zero_()
                 n_logged = 0
-                stop = self._validate_and_select()
+                self._validate()
+                if self.stopping:
+                    return
                 self.task.train()
             elif t.checkpoint_every_n_steps and self.step % t.checkpoint_every_n_steps == 0:
                 self.save("last")
-            if stop or (t.max_steps and self.step >= t.max_steps):
+            if t.max_steps and self.step >= t.max_steps:
                 break
         # end of epoch
         self.epoch += 1
@@ -459,12 +407,9 @@ class Trainer:
         if n_logged:  # nothing since a mid-epoch validation: no new training loss to report
             metrics["train/loss"] = float(loss_sum) / n_logged
             self.log("train", loss=metrics["train/loss"], lr=self._lr(), **self._mean_logs(n_logged))
-        stop = self._validate_and_select(metrics) or stop
-        seconds = time.perf_counter() - epoch_start
-        self.progress.end_epoch(self.epoch, {**metrics, "lr": self._lr()}, seconds)
-        if t.max_steps and self.step >= t.max_steps:
-            stop = True
-        return stop
+        metrics.update(self._validate())
+        self.progress.end_epoch(self.epoch, {**metrics, "lr": self._lr()}, time.perf_counter() - epoch_start)
+        self._call("on_epoch_end", metrics)
 
     def _mean_logs(self, n: int) -> dict[str, float]:
         out = {f"train/{k}": float(v) / n for k, v in self._logs_sum.items()}
@@ -472,54 +417,39 @@ class Trainer:
         return out
 
     def _agree_on_stop(self) -> None:
-        """One process stops at the step its signal arrived. Processes see a signal at different
-        steps, so they compare notes (an all-reduce and a host sync) at the same points, every
-        STOP_CHECK_EVERY steps and after each epoch, and all stop together at the first point after
-        any of them saw one: no rank waits forever in a collective the others left."""
+        """One process stops at the step its signal arrived, or a callback asked it to. Processes see a
+        signal (and may ask) at different steps, so they compare notes (an all-reduce and a host sync)
+        at the same points, every STOP_CHECK_EVERY steps and after each validation and epoch, and all
+        stop together at the first point after any of them saw one: no rank waits forever in a
+        collective the others left."""
         if not self.dist.enabled:
             self._stop_signal = self._signal_seen
+            self._stop_reason = self._stop_asked
             return
-        flag = torch.tensor([float(self._signal_seen or 0)], device=self.device)
+        flag = torch.tensor([float(self._signal_seen or 0), float(self._stop_asked is not None)], device=self.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        seen = int(flag.item())
+        seen, asked = (int(v) for v in flag.tolist())
         if seen:
             self._stop_signal = self._signal_seen or seen
+        if asked:
+            self._stop_reason = self._stop_asked or "stopping: another process asked to"
 
     def _lr(self) -> float:
         return next(iter(self.optimizers.values())).param_groups[0]["lr"]
 
-    def _validate_and_select(self, metrics: dict | None = None) -> bool:
-        """Validate, keep `best`, update plateau schedules and early stopping; save `last`.
-        Returns True when early stopping says to stop."""
-        t = self.cfg.trainer
-        stop = False
+    def _validate(self) -> dict[str, float]:
+        """Validate (when there is a validation split), tell the callbacks, save `last`, and let the
+        processes agree on a stop a callback may have asked for. Returns the metrics."""
+        val = {}
         if self.bundle.val is not None and len(self.bundle.val) > 0:
             self.dist.broadcast_buffers(self.task)  # e.g. batch-norm statistics: rank 0's everywhere
             val = self.dist.broadcast_object(self.evaluate_split("val"))
-            if metrics is not None:
-                metrics.update(val)
             self.history.append({"step": self.step, "epoch": self.epoch, **val})
             self.log("val", **val)
-            value = val.get(t.monitor)
-            if value is None:
-                raise ConfigError(f"[trainer] monitor: '{t.monitor}' is not among the logged metrics "
-                                  f"({', '.join(sorted(val))})")
-            for s in self.schedules.values():
-                s.validated(value)
-            better = self.best is None or (value < self.best if t.mode == "min" else value > self.best)
-            if better and not math.isnan(value):
-                self.best = value
-                self.bad_validations = 0
-                self.save("best")
-            else:
-                self.bad_validations += 1
-                if t.early_stopping_patience and self.bad_validations >= t.early_stopping_patience:
-                    self.progress.write(f"early stopping: {t.monitor} has not improved for "
-                                        f"{self.bad_validations} validations (best {self.best:.4g})")
-                    self.log("early_stop", best=self.best)
-                    stop = True
+            self._call("on_validation_end", val)
         self.save("last")
-        return stop
+        self._agree_on_stop()
+        return val
 
     def evaluate_split(self, split: str, max_batches: int = 0) -> dict[str, float]:
         data = getattr(self.bundle, split)
@@ -556,17 +486,20 @@ class Trainer:
         wall = self.wall_before + (time.perf_counter() - self.t0)
         summary = {"name": self.cfg.name, "steps": self.step, "epochs": self.epoch}
         if self.history:
-            best_entry = [h for h in self.history if h.get(self.cfg.trainer.monitor) == self.best]
+            monitor, best = self.cfg.trainer.monitor, None
+            for h in self.history:
+                if monitor in h and improves(h[monitor], best, self.cfg.trainer.mode):
+                    best = h[monitor]
+            best_entry = [h for h in self.history if h.get(monitor) == best]
             summary.update({k: v for k, v in (best_entry[-1] if best_entry else self.history[-1]).items()
                             if k not in ("step", "epoch")})
-            summary["best_" + self.cfg.trainer.monitor] = self.best
+            summary["best_" + monitor] = best
         test_metrics = {}
         if self.bundle.test is not None and len(self.bundle.test) > 0:
             last_state = {k: v.clone() for k, v in self.task.state_dict().items()}
-            best_dir = self.run_dir / "checkpoints" / "best"
             self.dist.broadcast_object(None)  # rank 0 has written best
-            if (best_dir / "manifest.json").exists():
-                weights, _, _ = load_checkpoint(best_dir)
+            if self.folder.has_checkpoint("best"):
+                weights, _, _ = load_checkpoint(self.folder.checkpoint("best"))
                 self.task.load_state_dict(weights)
             test_metrics = self.evaluate_split("test")
             self.task.load_state_dict(last_state)
@@ -578,13 +511,9 @@ class Trainer:
             "run_dir": str(self.run_dir),
         })
         if self.main:
-            atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=1))
+            self.folder.write_summary(summary)
             self.progress.write("summary: " + ", ".join(
                 f"{k} {v:.4f}" for k, v in summary.items() if isinstance(v, float) and "/" in k)
                 + f" | {wall:.1f}s | {self.run_dir}")
-            if self._metrics_file:
-                self._metrics_file.close()
-            if self._tb is not None:
-                self._tb.close()
         self.summary = summary
         return summary

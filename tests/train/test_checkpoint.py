@@ -188,7 +188,8 @@ def test_a_trained_runs_state_loads_with_weights_only_and_names_its_config(tmp_p
     manifest = json.loads((last / "manifest.json").read_text())
     st = torch.load(last / manifest["current"]["state"], map_location="cpu", weights_only=True)
     assert st["step"] == res.summary["steps"] and st["epoch"] == 1
-    assert {"optimizers", "schedules", "rng", "batch_in_epoch", "best"} <= set(st)
+    assert {"optimizers", "schedules", "rng", "batch_in_epoch", "callbacks"} <= set(st)
+    assert st["callbacks"]["best_checkpoint"]["best"] == res.summary["best_val/loss"]  # callback state travels too
     assert st["optimizers"]["main"]["state"], "the optimiser's moments are saved"
     assert set(st["rng"]) >= {"python", "numpy", "torch"}
     with safe_open(last / manifest["current"]["model"], framework="pt") as f:
