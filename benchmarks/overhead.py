@@ -1,7 +1,8 @@
-"""Engine overhead: the MNIST MLP recipe's model trained by a plain hand-written PyTorch loop and by
-the strata Trainer with its defaults (progress display, metrics.jsonl, checkpoint at the end), on the
-same data, batch size and number of steps, alternating in one process. Prints both times and
-`ratio: X` (Trainer / plain). Goal: <= 1.03 on CPU.
+"""Engine overhead: the MNIST MLP recipe's model trained by a plain hand-written PyTorch loop, by
+the strata Trainer with its defaults (progress display, metrics.jsonl, checkpoint at the end), and by
+`strata.fit` on the same tensors (the Python route: the user's module and arrays), on the same data,
+batch size and number of steps, alternating in one process. Prints the times and `ratio: X`
+(Trainer / plain) and `fit ratio: X` (strata.fit / plain). Goal: <= 1.03 on CPU for both.
 
     STRATA_DATA_MIRROR=../shared/datasets python benchmarks/overhead.py [--examples 25600] [--rounds 5]
 """
@@ -56,6 +57,18 @@ def strata_trainer(cfg, bundle, run_dir: Path) -> float:
     return time.perf_counter() - t0
 
 
+def strata_fit(cfg, info, x, y, run_dir: Path, seed: int) -> float:
+    """The Python route: the user's own module (the same MLP) and tensors, no validation split."""
+    import strata
+
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    model = build_model(cfg.model.name, cfg.model.options, **info)
+    strata.fit(model, (x, y), epochs=cfg.trainer.max_epochs, batch_size=cfg.data.batch_size, lr=cfg.optimizer.lr,
+               weight_decay=cfg.optimizer.weight_decay, val_split=0, run_dir=run_dir, device="cpu", verbose=0)
+    return time.perf_counter() - t0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--examples", type=int, default=25_600)
@@ -72,17 +85,21 @@ def main():
     print(f"MNIST MLP {base.model.options.get('hidden')}, batch {base.data.batch_size}, {len(x)} examples x "
           f"{a.epochs} epochs = {steps} steps per run, torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    plain, ours = [], []
+    plain, ours, fits = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         plain_loop(base, full.info, x, y, 1, 0)  # warm-up (allocator, kernels)
         for r in range(a.rounds):
             plain.append(plain_loop(base, full.info, x, y, a.epochs, r))
             ours.append(strata_trainer(base, bundle, Path(tmp) / f"run{r}"))
-            print(f"round {r + 1}: plain {plain[-1]:.3f}s  strata {ours[-1]:.3f}s  ratio {ours[-1] / plain[-1]:.3f}")
-    p, s = statistics.median(plain), statistics.median(ours)
+            fits.append(strata_fit(base, full.info, x, y, Path(tmp) / f"fit{r}", r))
+            print(f"round {r + 1}: plain {plain[-1]:.3f}s  strata {ours[-1]:.3f}s  strata.fit {fits[-1]:.3f}s  "
+                  f"ratios {ours[-1] / plain[-1]:.3f} {fits[-1] / plain[-1]:.3f}")
+    p, s, f = statistics.median(plain), statistics.median(ours), statistics.median(fits)
     print(f"plain PyTorch loop: {p:.3f}s (median of {a.rounds})")
     print(f"strata Trainer:     {s:.3f}s (median of {a.rounds})")
+    print(f"strata.fit:         {f:.3f}s (median of {a.rounds})")
     print(f"ratio: {s / p:.3f}")
+    print(f"fit ratio: {f / p:.3f}")
 
 
 if __name__ == "__main__":

@@ -271,3 +271,43 @@ def test_a_class_defined_in_a_script_needs_the_instance_to_load(tmp_path):
         strata.load(tmp_path / "run")
     cli = strata_cli("evaluate", tmp_path / "run")
     assert cli.returncode == 2 and "model=Net(...)" in cli.stderr, cli.stderr
+
+
+FIT_SCRIPT = '''
+import sys
+import torch
+import strata
+from nets import Net
+
+torch.manual_seed(7)
+run_dir, resume = sys.argv[1], "--resume" in sys.argv
+strata.fit(Net(hidden=32), {"name": "digits"}, epochs=12, batch_size=32, lr=3e-3, schedule={"name": "cosine",
+           "warmup_steps": 10}, seed=7, run_dir=run_dir, resume=resume, verbose=0,
+           overrides=["trainer.checkpoint_every_n_steps=5", "trainer.deterministic=true"])
+'''
+NETS = '''
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, hidden=16, in_features=64, num_classes=10):
+        super().__init__()
+        self.hidden, self.in_features, self.num_classes = hidden, in_features, num_classes
+        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(0.2),
+                                    nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.layers(x)
+'''
+
+
+def test_a_fit_run_killed_mid_epoch_and_resumed_is_bit_identical(tmp_path):
+    from train.test_resume import check_sigkill_then_resume_is_bit_identical
+
+    (tmp_path / "nets.py").write_text(NETS)
+    (tmp_path / "train.py").write_text(FIT_SCRIPT)
+
+    def cmd(cfg, run_dir, *extra):
+        return [sys.executable, str(tmp_path / "train.py"), str(run_dir), *extra]
+
+    check_sigkill_then_resume_is_bit_identical(tmp_path / "train.py", tmp_path, cmd)

@@ -9,11 +9,19 @@ import time
 from typing import Callable
 
 
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel, where rich draws the bar as a live notebook output."""
+    shell = sys.modules.get("IPython")
+    ip = shell.get_ipython() if shell is not None and hasattr(shell, "get_ipython") else None
+    return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
+
+
 class Progress:
     def __init__(self, mode: str = "auto", log_every_s: float = 30.0, enabled: bool = True, stream=None,
                  force_terminal: bool | None = None):
         self.stream = stream or sys.stdout
-        tty = force_terminal if force_terminal is not None else getattr(self.stream, "isatty", lambda: False)()
+        tty = force_terminal if force_terminal is not None else \
+            getattr(self.stream, "isatty", lambda: False)() or (self.stream is sys.stdout and in_notebook())
         if mode == "auto":
             mode = "bar" if tty else "lines"
         self.mode = mode if enabled else "off"

@@ -34,3 +34,17 @@ def test_terminal_gets_a_live_bar_with_loss_rate_and_eta(tmp_path):
     text = out.getvalue()
     assert "epoch 1" in text and "76/76" in text and "ETA" in text and "/s" in text
     assert "loss" in text and "epoch 2 done" in text
+
+
+def test_a_jupyter_kernel_gets_the_live_bar(monkeypatch):
+    import sys
+    import types
+
+    from strata.train.progress import Progress, in_notebook
+
+    assert not in_notebook()
+    kernel = types.SimpleNamespace(config={"IPKernelApp": {}})
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: kernel))
+    assert in_notebook()
+    assert Progress().mode == "bar"
+    assert Progress(enabled=False).mode == "off"

@@ -57,9 +57,10 @@ def _sha(run_dir: Path) -> str:
     return json.loads((run_dir / "summary.json").read_text())["weights_sha256"]
 
 
-def check_sigkill_then_resume_is_bit_identical(cfg: Path, tmp_path: Path) -> None:
+def check_sigkill_then_resume_is_bit_identical(cfg: Path, tmp_path: Path, _cmd=_cmd) -> None:
     """Train `cfg` (batch 32 on digits, checkpoints every 5 steps) uninterrupted; train it again,
-    SIGKILL it just after a checkpoint in the first half of an epoch, resume: the same weights."""
+    SIGKILL it just after a checkpoint in the first half of an epoch, resume: the same weights.
+    `_cmd(cfg, run_dir, *extra)` is the command line (extra: "--resume"), `strata train` by default."""
     ref = tmp_path / "ref"
     subprocess.run(_cmd(cfg, ref), check=True, env=_env(), capture_output=True, timeout=300)
 
