@@ -45,6 +45,12 @@ CASES = {
     "dcgan": ({"latent_dim": 8, "g_channels": 8, "d_channels": 8}, lambda: (torch.randn(B, 8),), (B, 1, 28, 28)),
     "unet": ({"base_channels": 8, "channel_mult": [1, 2], "attention_levels": [1], "heads": 2, "dropout": 0.0},
              lambda: (_img(), torch.randint(0, 1000, (B,))), (B, 1, 28, 28)),
+    "sequential": ({"in_shape": [1, 28, 28], "num_classes": 10, "layers": [
+                       {"kind": "conv2d", "channels": 4, "kernel": 3, "padding": 1}, {"kind": "batchnorm"},
+                       {"kind": "relu"}, {"kind": "maxpool2d", "kernel": 2},
+                       {"kind": "residual", "layers": [{"kind": "conv2d", "channels": 4, "kernel": 3, "padding": 1}]},
+                       {"kind": "flatten"}, {"kind": "dropout", "p": 0.1}, {"kind": "linear"}]},
+                   lambda: (_img(),), (B, 10)),
     "encoder_classifier": ({"encoder": "autoencoder", "encoder_options": {"latent": 4, "channels": [4, 8]},
                             "num_classes": 10}, lambda: (_img(),), (B, 10)),
 }
