@@ -110,7 +110,7 @@ def _import_file(path: Path, spec: str):
     try:
         mod_spec.loader.exec_module(module)
     except BaseException as e:
-        del sys.modules[name]
+        sys.modules.pop(name, None)
         if not isinstance(e, Exception):
             raise
         raise _import_failed(e, spec, str(path)) from e

@@ -68,6 +68,14 @@ class NeedsDepth(nn.Module):
         self.head = nn.Linear(64, num_classes)
 
 
+class Picky(nn.Module):
+    def __init__(self, num_classes: int, hidden: int = 16):
+        super().__init__()
+        if hidden % 8:
+            raise ValueError(f"hidden must be a multiple of 8, got {hidden}")
+        self.head = nn.Linear(64, num_classes)
+
+
 def helper():
     return 1
 
@@ -175,6 +183,11 @@ def test_unknown_option_wrong_type_and_missing_parameter(tmp_path):
     code, _, err = cli("train", project(tmp_path, config=run_config("nets.py:NeedsDepth")), "--run-dir",
                        tmp_path / "r3")
     assert_bad_input(code, err, "[model] depth: NeedsDepth needs it", "add depth = ... to [model]", max_lines=1)
+    cfg = project(tmp_path, "nets.py:Picky", hidden=12)
+    code, _, err = cli("train", cfg, "--run-dir", tmp_path / "r4")
+    line = NETS.splitlines().index('            raise ValueError(f"hidden must be a multiple of 8, got {hidden}")') + 1
+    assert_bad_input(code, err, f"building Picky failed at {cfg.parent.resolve() / 'nets.py'}, line {line}: "
+                     "ValueError: hidden must be a multiple of 8, got 12", max_lines=1)
 
 
 # --- files and classes that do not work -----------------------------------------------------------------
@@ -197,7 +210,7 @@ def test_a_missing_file_class_or_something_that_is_not_a_module(tmp_path):
     code, _, err = cli("train", cfg, "--run-dir", tmp_path / "r")
     assert_bad_input(code, err, "the file netz.py does not exist", str(cfg.parent / "netz.py"), max_lines=1)
     code, _, err = cli("train", project(tmp_path, spec="nets.py:MyNt"), "--run-dir", tmp_path / "r")
-    assert_bad_input(code, err, "has no class 'MyNt' (did you mean 'MyNet'?)", "MyNet, NeedsDepth, Recorder, SmallCNN",
+    assert_bad_input(code, err, "has no class 'MyNt' (did you mean 'MyNet'?)", "MyNet, NeedsDepth, Picky, Recorder, SmallCNN",
                      max_lines=1)
     for name in ("helper", "NotAModule"):
         code, _, err = cli("train", project(tmp_path, spec=f"nets.py:{name}"), "--run-dir", tmp_path / "r")
