@@ -2,9 +2,9 @@
 
 It never branches on a model family: a task yields one Loss per optimiser phase and the loop below
 backpropagates, accumulates, clips, steps and schedules each phase the same way (see tasks/base.py).
-Around that loop: validation every epoch (or every N steps), mixed precision, gradient accumulation,
-data parallelism across processes, exact resume, and a clean stop on Ctrl-C / SIGTERM or when a
-callback asks. What happens between steps (best checkpoint, early stopping, reduce-on-plateau, the
+Around that loop: validation every epoch (or every N steps), mixed precision (precision.py),
+gradient accumulation, data parallelism across processes, exact resume, and a clean stop on Ctrl-C /
+SIGTERM or when a callback asks. What happens between steps (best checkpoint, early stopping, reduce-on-plateau, the
 metrics files, TensorBoard, your own code) is a callback: see strata/train/callbacks.py.
 """
 
@@ -37,6 +37,7 @@ from strata.train.distributed import Dist
 from strata.train.evaluation import evaluate
 from strata.train.loader import EpochBatches
 from strata.train.optim import build_optimizer, build_schedule
+from strata.train.precision import Precision
 from strata.train.progress import Progress
 
 # Under torchrun, steps between the processes' checks for a stop signal or a callback's stop request
@@ -122,9 +123,8 @@ class Trainer:
         self.schedules = {name: build_schedule(o, cfg.schedule, self.total_steps, self.steps_per_epoch, t.mode)
                           for name, o in self.optimizers.items()}
 
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
-        self.autocast = (lambda: torch.autocast(self.device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
-        self.scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
+        self.precision = Precision(t.precision, self.device)
+        self.autocast = self.precision.autocast
         self._dry_run()
         if t.compile:
             for m in self.task.children():
@@ -190,7 +190,7 @@ class Trainer:
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedules": {k: s.state_dict() for k, s in self.schedules.items()},
-            "scaler": self.scaler.state_dict() if self.scaler else {},
+            "scaler": self.precision.state_dict(),
             "rng": rng_state(), "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key},
             "history": json.dumps(self.history), "wall_time_s": self.wall_before + (time.perf_counter() - self.t0),
         }
@@ -222,8 +222,7 @@ class Trainer:
             o.load_state_dict(state["optimizers"][k])
         for k, s in self.schedules.items():
             s.load_state_dict(state["schedules"][k])
-        if self.scaler and state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
+        self.precision.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         # checkpoints written before callbacks kept best and bad_validations at the top
         legacy = {k: state[k] for k in ("best", "bad_validations") if k in state}
@@ -264,26 +263,17 @@ class Trainer:
             raise RuntimeError(f"task yielded a loss for optimiser '{name}', but configure_optimizers gave "
                                f"{sorted(self.optimizers)}")
         value = loss.value / t.grad_accum if t.grad_accum > 1 else loss.value
-        if self.scaler:
-            value = self.scaler.scale(value)
-        if self.multi_opt:
-            # only this optimiser's parameters receive gradients: a generator loss that flows through
-            # the discriminator leaves the discriminator's .grad untouched
-            value.backward(inputs=self.opt_params[name])
-        else:
-            value.backward()
+        # with several optimisers only this one's parameters receive gradients: a generator loss that
+        # flows through the discriminator leaves the discriminator's .grad untouched
+        self.precision.backward(value, self.opt_params[name] if self.multi_opt else None)
         if not boundary:
             return
         opt, params = self.optimizers[name], self.opt_params[name]
         self.dist.average_grads(params)
         if t.grad_clip > 0:
-            if self.scaler:
-                self.scaler.unscale_(opt)
+            self.precision.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-        if self.scaler:
-            self.scaler.step(opt)
-        else:
-            opt.step()
+        self.precision.step(opt)
         opt.zero_grad(set_to_none=True)
         self.schedules[name].step()
         self.task.after_optimizer_step(name)
@@ -312,8 +302,8 @@ class Trainer:
             if loss.logs:
                 for k, v in loss.logs.items():
                     self._logs_sum[k] = self._logs_sum.get(k, 0.0) + v.detach().float()
-        if boundary and self.scaler:
-            self.scaler.update()
+        if boundary:
+            self.precision.update()
         return first
 
     def fit(self) -> dict:

@@ -32,3 +32,28 @@ def test_opt_in_engine_features_train_on_cpu(tmp_path, overrides):
 def test_fp16_without_cuda_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="fp16.*CUDA"):
         train(CONFIG, ["trainer.precision='fp16'"], run_dir=tmp_path / "run", device="cpu")
+
+
+def test_fp16_loss_scaling_unscales_before_clipping_and_skips_a_step_with_inf_gradients():
+    import torch
+    from torch import nn
+
+    from strata.train.precision import Precision
+
+    p = Precision("fp16", torch.device("cpu"))  # the trainer asks CUDA for fp16; the scaler's logic runs anywhere
+    w = nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([w], lr=0.1)
+    p.backward((w * 3).sum())
+    assert torch.equal(w.grad, torch.full((2,), 3.0 * 2**16))  # the loss was scaled by 65536
+    p.unscale_(opt)
+    assert torch.equal(w.grad, torch.full((2,), 3.0))  # true gradients, ready for clipping
+    p.step(opt)
+    p.update()
+    assert torch.allclose(w.detach(), torch.full((2,), 0.7))
+    opt.zero_grad()
+    p.backward((w * float("inf")).sum())
+    p.step(opt)  # inf gradients: the step is skipped and the scale halves
+    p.update()
+    assert torch.allclose(w.detach(), torch.full((2,), 0.7)) and p.state_dict()["scale"] == 2.0**15
+    fp32 = Precision("fp32", torch.device("cpu"))
+    assert fp32.state_dict() == {} and fp32.scaler is None
