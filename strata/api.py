@@ -47,27 +47,9 @@ def train(config, overrides=(), run_dir=None, device=None, resume=False, progres
     return RunResult(trainer.run_dir, summary, trainer.task)
 
 
-@dataclass
-class LoadedRun:
-    cfg: RunConfig
-    task: torch.nn.Module
-    info: dict
-    run_dir: Path
-    checkpoint: str
+def load_run(run_dir, which: str = "best", device: str | torch.device = "cpu"):
+    """A trained run from its folder: config.toml, info.json and checkpoints/best (else last); the
+    same Run that strata.load gives (cfg, task, info, run_dir, checkpoint, predict, evaluate)."""
+    from strata.fitting import load
 
-
-def load_run(run_dir, which: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
-    """A trained run from its folder: config.toml, info.json and checkpoints/best (else last)."""
-    from strata.tasks import build_task
-    from strata.train.checkpoint import check_compatible, load_checkpoint
-
-    folder = RunFolder(run_dir).require()
-    cfg = folder.read_config()
-    info = folder.read_info()
-    ckpt = folder.newest_checkpoint(which)
-    task = build_task(cfg, info)
-    weights, _, _ = load_checkpoint(ckpt)
-    check_compatible(task.state_dict(), weights, str(ckpt))
-    task.load_state_dict(weights)
-    task.to(device).eval()
-    return LoadedRun(cfg, task, info, folder.path, str(ckpt))
+    return load(run_dir, which=which, device=device)

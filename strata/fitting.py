@@ -16,7 +16,6 @@ dicts, a DataLoader, a CSV / .npz path, or a registered data set's [data] table 
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import sys
 from pathlib import Path
@@ -181,7 +180,9 @@ def fit(model, data, *, val=None, test=None, task: str | None = None, epochs: in
     from strata.config import apply_overrides, build_config
     from strata.data import load_data
     from strata.data.memory import python_bundle
+    from strata.run_folder import RunFolder
     from strata.train import Trainer
+    from strata.train.checkpoint import load_checkpoint
 
     if isinstance(batch_size, bool) or batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ConfigError(f"batch_size: must be a whole number >= 1, got {batch_size!r}")
@@ -243,18 +244,15 @@ def fit(model, data, *, val=None, test=None, task: str | None = None, epochs: in
             print(f"strata: {line}", file=sys.stderr)
     if "model" in modules and "task" not in modules:
         _check_output(modules["model"], bundle, cfg.task.name)
-    kwargs = {"callbacks": tuple(callbacks)} if callbacks else {}
-    trainer = Trainer(cfg, run_dir=run_dir, resume=resume, bundle=bundle, **kwargs)
+    trainer = Trainer(cfg, run_dir=run_dir, resume=resume, bundle=bundle, callbacks=tuple(callbacks))
     try:
         summary = trainer.fit()
     finally:
         trainer.dist.teardown()
     task_module = trainer.task
-    best = Path(trainer.run_dir) / "checkpoints" / "best"
-    if (best / "manifest.json").exists():
-        from strata.train.checkpoint import load_checkpoint
-
-        task_module.load_state_dict(load_checkpoint(best)[0])
+    folder = RunFolder(trainer.run_dir)
+    if folder.has_checkpoint("best"):
+        task_module.load_state_dict(load_checkpoint(folder.checkpoint("best"))[0])
     task_module.eval()
     return Run(trainer.run_dir, cfg, task_module, dict(trainer.info), summary)
 
@@ -336,33 +334,25 @@ class Run:
     def summary(self) -> dict:
         """Final metrics, wall time, device, torch version, seed, weights_sha256 (summary.json)."""
         if self._summary is None:
-            path = self.run_dir / "summary.json"
-            self._summary = json.loads(path.read_text()) if path.is_file() else {}
+            from strata.run_folder import RunFolder
+
+            self._summary = RunFolder(self.run_dir).read_summary() or {}
         return self._summary
 
     @property
     def history(self) -> list[dict]:
         """One dict per epoch: its number, training loss, learning rate and validation metrics."""
-        path = self.run_dir / "metrics.jsonl"
+        from strata.run_folder import RunFolder
+
         epochs: dict[int, dict] = {}
-        if not path.is_file():
-            return []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a crash
-            event = rec.get("event")
-            if event not in ("train", "val"):
+        for rec in RunFolder(self.run_dir).read_metrics():
+            if rec.get("event") not in ("train", "val"):
                 continue
             row = epochs.setdefault(rec["epoch"], {"epoch": rec["epoch"]})
             for k, v in rec.items():
-                if k in ("event", "epoch", "time"):
-                    continue
-                row[k if "/" in k or k in ("step", "lr") else f"{event}/{k}"] = v
-        # A training record is logged before the epoch counter moves on: fold it into the next epoch.
-        return [epochs[e] for e in sorted(epochs) if any("/" in k and k.startswith("val/") for k in epochs[e])] \
-            or [epochs[e] for e in sorted(epochs)]
+                if k not in ("event", "epoch", "time"):
+                    row[k if "/" in k or k in ("step", "lr") else f"{rec['event']}/{k}"] = v
+        return [epochs[e] for e in sorted(epochs)]
 
     @property
     def device(self) -> torch.device:
@@ -399,7 +389,7 @@ class Run:
         without data on the run's own `split` of its registered data set, as `strata evaluate`."""
         from strata.data.base import TensorSplit
         from strata.data.memory import ItemsAsDicts, encode_arrays, encode_with, split_xy
-        from strata.train.trainer import evaluate
+        from strata.train.evaluation import evaluate
 
         bs = batch_size or self.cfg.data.eval_batch_size or 2 * self.cfg.data.batch_size
         if data is None:
@@ -433,29 +423,20 @@ def _strings(y) -> bool:
 # load
 
 
-def load(run_dir, model: nn.Module | None = None, which: str = "best", device: str | None = "cpu") -> Run:
+def load(run_dir, model: nn.Module | None = None, which: str = "best", device: str | torch.device = "cpu") -> Run:
     """A trained run from its folder, as strata.fit returned it: config, task with the `best` weights
     (else `last`), data facts. A run of a user's module rebuilds it from the recorded class and
     options; `model=` takes the user's instance instead (a class defined in a script or notebook)."""
-    from strata.config import apply_overrides, build_config, tomllib
-    from strata.data import memory  # noqa: F401  (registers the "python" data set)
-    from strata.tasks import TASKS, build_task
+    from strata.config import build_config
+    from strata.device import pick_device
     from strata.models.user import INSTANCE_ONLY
+    from strata.run_folder import RunFolder
+    from strata.tasks import TASKS, build_task
     from strata.tasks.base import Task
     from strata.train.checkpoint import check_compatible, load_checkpoint
-    from strata.train.trainer import pick_device
 
-    run_dir = Path(run_dir)
-    path = run_dir / "config.toml"
-    if not run_dir.is_dir():
-        raise StrataError(f"run folder {run_dir} does not exist; strata.fit(..., run_dir=...) or "
-                          "`strata train CONFIG --run-dir DIR` creates one")
-    if not path.is_file():
-        raise StrataError(f"{run_dir} is not a strata run folder (no config.toml); give the folder a run wrote")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path} is not valid TOML ({e}); it is written by strata: train the run again") from None
+    folder = RunFolder(run_dir).require()
+    raw = folder.read_raw_config()
     modules: dict = {}
     if model is not None:
         if not isinstance(model, nn.Module):
@@ -464,23 +445,20 @@ def load(run_dir, model: nn.Module | None = None, which: str = "best", device: s
         modules = {"task": model, "model": model} if isinstance(model, Task) else {"model": model}
     else:
         task_name = raw.get("task", {}).get("name", "")
-        if ":" in task_name and task_name not in TASKS:
+        if ":" in task_name and task_name not in TASKS:  # the user's own Task class
             task_module = rebuild(raw["task"], "task")
             modules = {"task": task_module, "model": task_module}
         elif raw.get("model", {}).get("name", "").startswith(INSTANCE_ONLY):
-            rebuild(raw["model"], "model")  # raises the error naming the fix
-    cfg = build_config(apply_overrides(raw, []), modules)
-    info_path = run_dir / "info.json"
+            rebuild(raw["model"], "model")  # raises the error that asks for the instance
     try:
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    except (ValueError, OSError) as e:
-        raise StrataError(f"{info_path} is unreadable ({e}); it is written by strata: train the run again") from None
-    ckpt = run_dir / "checkpoints" / which
-    if not (ckpt / "manifest.json").exists():
-        ckpt = run_dir / "checkpoints" / "last"
+        cfg = build_config(raw, modules)
+    except ConfigError as e:
+        raise ConfigError(f"{folder.config}: {e}") from None
+    info = folder.read_info()
+    ckpt = folder.newest_checkpoint(which)
     task = build_task(cfg, info)
     weights, _, _ = load_checkpoint(ckpt)
     check_compatible(task.state_dict(), weights, str(ckpt))
     task.load_state_dict(weights)
-    task.to(pick_device(device or "auto")).eval()
-    return Run(run_dir, cfg, task, info, checkpoint=str(ckpt))
+    task.to(device if isinstance(device, torch.device) else pick_device(device or "auto")).eval()
+    return Run(folder.path, cfg, task, info, checkpoint=str(ckpt))

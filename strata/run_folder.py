@@ -93,20 +93,33 @@ class RunFolder:
         return json.loads(self.summary.read_text()) if self.is_finished() else None
 
     def read_metrics(self) -> list[dict]:
-        """The events of metrics.jsonl in order ([] before the first)."""
+        """The events of metrics.jsonl in order ([] before the first); a line cut short by a crash is
+        left out."""
         if not self.metrics.exists():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        events = []
+        for line in self.metrics.read_text(encoding="utf-8").splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+        return events
+
+    def read_raw_config(self) -> dict:
+        """config.toml as a plain dict, before validation."""
+        from strata.config import tomllib
+
+        try:
+            return tomllib.loads(self.config.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise StrataError(f"{self.config} is not valid TOML ({e}); it is written by strata: train the run "
+                              "again") from None
 
     def data_name(self) -> str | None:
         """The [data] name in config.toml, read without building the config (None if there is none)."""
         if not self.is_run():
             return None
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib
-        return tomllib.loads(self.config.read_text(encoding="utf-8")).get("data", {}).get("name")
+        return self.read_raw_config().get("data", {}).get("name")
 
     # --- writers (rank 0 of a training run) ---------------------------------------------------------
     def write_start(self, cfg, info: dict, artefacts: dict[str, bytes | str]) -> None:

@@ -193,7 +193,8 @@ def python_bundle(data, *, val=None, test=None, task: str | None = None, val_spl
         task = task or _task_of_dataset(data)
         return _dataset_bundle(data, val, test, task, val_split, split_seed, collate), task, batch_size
     x, y = split_xy(data, "data")
-    classify = None if task is None else task in ("classify", "sequence_classify")
+    # Labels are classes for these tasks, numbers for regress, and as their dtype says otherwise.
+    classify = {"classify": True, "sequence_classify": True, "regress": False}.get(task)
     xt = as_tensor(x, "x", notices)
     yt, names = (None, None) if y is None else encode_labels(y, "y", classify, notices)
     if yt is not None and len(yt) != len(xt):
