@@ -311,3 +311,40 @@ def test_a_fit_run_killed_mid_epoch_and_resumed_is_bit_identical(tmp_path):
         return [sys.executable, str(tmp_path / "train.py"), str(run_dir), *extra]
 
     check_sigkill_then_resume_is_bit_identical(tmp_path / "train.py", tmp_path, cmd)
+
+
+DDP_SCRIPT = '''
+import sys
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+import strata
+from nets import Net
+
+torch.manual_seed(0)
+x, y = load_digits(return_X_y=True)
+run = strata.fit(Net(hidden=64), (x[:1184].astype(np.float32) / 16, y[:1184]), val_split=0, epochs=2,
+                 batch_size=int(sys.argv[2]), optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9},
+                 run_dir=sys.argv[1], device="cpu", verbose=2)
+'''
+
+
+def test_two_torchrun_processes_of_a_fit_script_match_one(tmp_path):
+    from train.test_distributed import _free_port, _run
+
+    from strata.train.checkpoint import load_checkpoint
+
+    (tmp_path / "nets.py").write_text(NETS.replace("nn.Dropout(0.2)", "nn.Identity()"))
+    (tmp_path / "train.py").write_text(DDP_SCRIPT)
+    env = {**ENV, "PYTHONPATH": str(tmp_path)}
+    _run([sys.executable, str(tmp_path / "train.py"), str(tmp_path / "one"), "32"], env)
+    out = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+                "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(tmp_path / "train.py"),
+                str(tmp_path / "two"), "16"], env)  # 2 x 16: the same global batch
+    assert out.stdout.count("training net-classify") == 1  # only rank 0 reports
+    w1, _, _ = load_checkpoint(tmp_path / "one" / "checkpoints" / "last")
+    w2, s2, _ = load_checkpoint(tmp_path / "two" / "checkpoints" / "last")
+    assert s2["step"] == 2 * 37
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
