@@ -14,7 +14,7 @@ Hooks, in the order of a run (every process calls them, unless marked rank 0):
     on_log(trainer, record)                    rank 0, each record of the run's log: {'event', 'step', 'epoch',
                                                'time', <figures>}; events train, val, test, early_stop, interrupted
     on_fit_end(trainer, summary)               after the test and summary.json
-    on_exception(trainer, error)               the run ends with an exception (a signal's Interrupted too)
+    on_exception(trainer, error)               the run ends with an exception after on_fit_start (Interrupted too)
 
 `on_batch_end` runs every step: reading the loss (`float(loss)`) waits for the device, so a callback
 that needs it should read it every N steps, not every step.
