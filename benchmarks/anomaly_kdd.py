@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from strata.api import train
-from strata.config import load_config
+from strata.build import load_config
 from strata.data import load_data
 from strata.tasks.reconstruct import auroc, normal_quantile, rates_at
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from strata.api import train
-from strata.config import load_config
+from strata.build import load_config
 from strata.data import load_data
 from strata.tasks.reconstruct import auroc
 

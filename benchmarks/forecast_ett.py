@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from strata.api import train
-from strata.config import load_config
+from strata.build import load_config
 from strata.data import load_data
 
 ROOT = Path(__file__).resolve().parent.parent

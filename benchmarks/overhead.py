@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from strata.config import load_config
+from strata.build import load_config
 from strata.data import load_data
 from strata.data.base import DataBundle, TensorSplit
 from strata.models import build_model

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def classifier_config(pretrain_dir: Path, pretrained: bool, per_class: int, epochs: int) -> dict:
-    from strata.config import load_config
+    from strata.build import load_config
 
     recipe = load_config(ROOT / "recipes" / "mnist-pretrain-100labels.toml").to_dict()
     recipe["name"] = f"mnist-100labels-{'pretrained' if pretrained else 'scratch'}"
@@ -52,7 +52,7 @@ def main(argv=None) -> dict:
         pre = res.run_dir
         print(f"pretraining: test nelbo {res.summary.get('test/nelbo', float('nan')):.2f} nats, "
               f"{res.summary['wall_time_s']:.0f}s")
-    from strata.config import load_config
+    from strata.build import load_config
 
     epochs = args.epochs or load_config(ROOT / "recipes" / "mnist-pretrain-100labels.toml").trainer.max_epochs
     acc = {}

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from strata.config import RunConfig, apply_overrides, build_config, load_config
-from strata.run_folder import RunFolder
+from strata.build import resolve_config
+
+__all__ = ["train", "load_run", "resolve_config", "RunResult"]
 
 
 @dataclass
@@ -21,18 +22,6 @@ class RunResult:
     run_dir: Path
     summary: dict
     task: torch.nn.Module
-
-
-def resolve_config(config, overrides=()) -> RunConfig:
-    if isinstance(config, RunConfig):
-        if overrides:
-            return build_config(apply_overrides(config.to_dict(), list(overrides)))
-        return config
-    if isinstance(config, dict):
-        import copy
-
-        return build_config(apply_overrides(copy.deepcopy(config), list(overrides)))
-    return load_config(config, overrides)
 
 
 def train(config, overrides=(), run_dir=None, device=None, resume=False, progress=None) -> RunResult:

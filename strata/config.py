@@ -9,6 +9,7 @@ is caught at load with the closest valid name.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -91,6 +92,8 @@ def _coerce(value, tp, where: str):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # TOML has inf and nan
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -161,8 +164,13 @@ class OptimizerConfig:
     alpha: float = 0.99  # rmsprop smoothing
 
     def __post_init__(self):
+        # upper bounds far above any useful value, below what overflows float32 optimiser state
         check(self.lr > 0, "[optimizer] lr", f"must be > 0, got {self.lr}")
-        check(self.weight_decay >= 0, "[optimizer] weight_decay", f"must be >= 0, got {self.weight_decay}")
+        check(self.lr <= 1e3, "[optimizer] lr", f"must be <= 1000 (usually 1e-5 .. 1), got {self.lr}")
+        check(0 < self.eps <= 1, "[optimizer] eps", f"must be in (0, 1] (usually 1e-8), got {self.eps}")
+        check(0 <= self.alpha <= 1, "[optimizer] alpha", f"must be in [0, 1], got {self.alpha}")
+        check(0 <= self.weight_decay <= 1e3, "[optimizer] weight_decay",
+              f"must be >= 0 and <= 1000 (usually 0 .. 0.1), got {self.weight_decay}")
         check(0 <= self.momentum < 1, "[optimizer] momentum", f"must be in [0, 1), got {self.momentum}")
         check(not self.nesterov or (self.name == "sgd" and self.momentum > 0), "[optimizer] nesterov",
               "needs name = 'sgd' and momentum > 0")
@@ -212,10 +220,12 @@ class TrainerConfig:
     log_every_s: float = 30.0  # non-terminal progress: at most one line this often (and one per epoch)
     progress: Literal["auto", "bar", "lines", "off"] = "auto"
     tensorboard: bool = False
+    nonfinite: Literal["stop", "skip"] = "stop"  # a NaN / inf loss or gradient: stop the run, or skip the step
 
     def __post_init__(self):
         check(self.max_epochs >= 1, "[trainer] max_epochs", f"must be >= 1, got {self.max_epochs}")
         check(self.max_steps >= 0, "[trainer] max_steps", f"must be >= 0, got {self.max_steps}")
+        check(0 <= self.seed < 2**32, "[trainer] seed", f"must be in [0, 2**32), got {self.seed}")
         check(self.grad_accum >= 1, "[trainer] grad_accum", f"must be >= 1, got {self.grad_accum}")
         check(self.grad_clip >= 0, "[trainer] grad_clip", f"must be >= 0, got {self.grad_clip}")
         check(self.val_every_n_steps >= 0, "[trainer] val_every_n_steps", f"must be >= 0, got {self.val_every_n_steps}")
@@ -239,6 +249,7 @@ class DataConfig:
     val_fraction: float = 0.1  # held out of the training files for model selection, when the set has no val split
     split_seed: int = 0  # fixes which examples are held out, independent of trainer.seed
     options: dict = field(default_factory=dict)  # the data set's own keys, validated by it
+    parsed: Any = field(default=None, compare=False, repr=False)  # those keys as the data set's Config
 
     def __post_init__(self):
         check(self.batch_size >= 1, "[data] batch_size", f"must be >= 1, got {self.batch_size}")
@@ -246,6 +257,7 @@ class DataConfig:
         check(self.limit >= 0, "[data] limit", f"must be >= 0, got {self.limit}")
         check(self.labels_per_class >= 0, "[data] labels_per_class", f"must be >= 0, got {self.labels_per_class}")
         check(0 <= self.val_fraction < 1, "[data] val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+        check(0 <= self.split_seed < 2**32, "[data] split_seed", f"must be in [0, 2**32), got {self.split_seed}")
 
 
 @dataclass(frozen=True)
@@ -256,6 +268,9 @@ class ComponentConfig:
     options: dict = field(default_factory=dict)
     # The user's own torch.nn.Module instance (strata.fit), used as built; never written to TOML.
     module: Any = field(default=None, compare=False, repr=False)
+    # The component's own Config, validated once when the run config was built (the user's keys and
+    # defaults); building fills in the facts of the data (num_classes, in_shape, ...) with replace().
+    parsed: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -268,10 +283,14 @@ class RunConfig:
     schedule: ScheduleConfig = ScheduleConfig()
     trainer: TrainerConfig = TrainerConfig()
 
+    def __post_init__(self):
+        check_run_name(self.name)
+
     def to_dict(self) -> dict:
         """The TOML layout: component options flattened back into their section."""
         d = {"name": self.name}
         data = to_dict(self.data)
+        data.pop("parsed", None)  # the same keys as options, typed
         data.update(data.pop("options"))
         d["data"] = data
         for sec in ("model", "task"):
@@ -284,6 +303,24 @@ class RunConfig:
 
 
 SECTIONS = ("name", "data", "model", "task", "optimizer", "schedule", "trainer")
+NAME_MAX_BYTES = 200  # + "-<timestamp>" stays under the 255 bytes file systems allow a folder name
+
+
+def check_run_name(name) -> None:
+    """`name` becomes the folder runs/<name>-<timestamp>: a plain folder name, nothing that leads
+    elsewhere (`..`, `/`) or that a file system refuses."""
+    fix = 'e.g. name = "mnist-cnn"'
+    check(isinstance(name, str) and bool(name), "name", f"expected a non-empty string, got {name!r}")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:  # bytes that are not UTF-8, from the command line
+        raise ConfigError(f"name: {name!r} is not valid UTF-8 text; use letters, digits, '-', '_' or '.' "
+                          f"({fix})") from None
+    check(name not in (".", "..") and not any(c in "/\\" or ord(c) < 32 for c in name), "name",
+          f"{name!r} is not a plain folder name (the run folder is runs/<name>-<timestamp>); leave out '/', '\\' "
+          f"and control characters, and do not use '.' or '..' ({fix})")
+    check(size <= NAME_MAX_BYTES, "name",
+          f"{size} bytes is too long for a folder name (at most {NAME_MAX_BYTES}); shorten it ({fix})")
 
 
 def parse_value(text: str):
@@ -292,6 +329,8 @@ def parse_value(text: str):
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:
+        raise ConfigError(f"--set value {text[:20]}...: nested too deeply for a config value") from None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -313,99 +352,18 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def _component_options(raw: dict, section: str, registry) -> tuple[str, dict]:
-    """Validate a component section against the registered component's Config dataclass."""
-    from strata.registry import StrataError
-
-    sec = dict(raw)
-    if "name" not in sec:
-        raise ConfigError(f"[{section}] name: missing; choose one of {', '.join(registry.names())}")
-    name = sec.pop("name")
-    if not isinstance(name, str):
-        raise ConfigError(f"[{section}] name: expected a string, got {name!r}")
-    try:
-        comp = registry.get(name)
-    except StrataError as e:
-        raise ConfigError(f"[{section}] name: {e}") from None
-    cfg_cls = getattr(comp, "Config", None)
-    if cfg_cls is not None:
-        from_dict(cfg_cls, sec, f"[{section}]")  # validates; the component rebuilds it at build time
-    return name, sec
-
-
-def build_config(raw: dict, modules: dict | None = None, base_dir: str | Path | None = None) -> RunConfig:
-    """Validate a raw TOML dict (after overrides) into a RunConfig. `modules` maps "model" / "task"
-    to instances the user built in Python (strata.fit, strata.load(..., model=...)): that section's
-    name and options are recorded as given, not validated (the instance is already built).
-    base_dir: the config file's folder, where a model file ([model] name = "nets.py:MyNet") is looked
-    for before the current folder."""
-    modules = modules or {}
-    from strata.data import DATASETS
-    from strata.models import MODELS
-    from strata.models.user import absolute_spec, is_spec
-    from strata.tasks import TASKS
-
-    for key in raw:
-        if key not in SECTIONS:
-            raise ConfigError(f"unknown key '{key}'{closest(key, SECTIONS)}; a run config has: "
-                              f"name, [data], [model], [task], [optimizer], [schedule], [trainer]")
-    for sec in ("data", "model", "task"):
-        if sec not in raw:
-            raise ConfigError(f"[{sec}]: missing section; every run config needs [data], [model] and [task]")
-        if not isinstance(raw[sec], dict):
-            raise ConfigError(f"[{sec}]: expected a table, got {raw[sec]!r}")
-    name = raw.get("name", "run")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"name: expected a non-empty string, got {name!r}")
-
-    data_raw = dict(raw["data"])
-    generic = {f.name for f in fields(DataConfig)} - {"options"}
-    generic_part = {k: v for k, v in data_raw.items() if k in generic}
-    ds_name, ds_opts = _component_options({k: v for k, v in data_raw.items() if k not in generic - {"name"}},
-                                          "data", DATASETS)
-    data = from_dict(DataConfig, {**generic_part, "name": ds_name, "options": ds_opts}, "[data]")
-    given = {sec: (dict(raw[sec]).pop("name", "module"), {k: v for k, v in raw[sec].items() if k != "name"})
-             for sec in ("model", "task") if modules.get(sec) is not None}
-    model_raw = dict(raw["model"])
-    if isinstance(model_raw.get("name"), str) and is_spec(model_raw["name"]) and "model" not in given:
-        try:  # stored absolute: the run folder's config.toml imports it from any working folder
-            model_raw["name"] = absolute_spec(model_raw["name"], base_dir)
-        except ConfigError as e:
-            raise ConfigError(f"[model] name: {e}") from None
-    m_name, m_opts = given.get("model") or _component_options(model_raw, "model", MODELS)
-    t_name, t_opts = given.get("task") or _component_options(raw["task"], "task", TASKS)
-    return RunConfig(
-        name=name,
-        data=data,
-        model=ComponentConfig(m_name, m_opts, modules.get("model")),
-        task=ComponentConfig(t_name, t_opts, modules.get("task")),
-        optimizer=from_dict(OptimizerConfig, raw.get("optimizer", {}), "[optimizer]"),
-        schedule=from_dict(ScheduleConfig, raw.get("schedule", {}), "[schedule]"),
-        trainer=from_dict(TrainerConfig, raw.get("trainer", {}), "[trainer]"),
-    )
-
-
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; `strata recipes` lists the shipped ones")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-    return build_config(apply_overrides(raw, list(overrides)), base_dir=path.parent)
-
-
 def dump_toml(cfg: RunConfig) -> str:
     import tomli_w
 
     return tomli_w.dumps(cfg.to_dict())
 
 
-def component_config(comp, options: dict, section: str, **inferred):
+def component_config(comp, options: dict, section: str, parsed=None, **inferred):
     """The component's own Config from the section's options, filling keys the data implies
-    (in_channels, num_classes, vocab_size, ...) when the user left them out. A component may narrow
-    the keys the data fills with `data_facts` (a user's class: the facts its constructor declares)."""
+    (in_channels, num_classes, vocab_size, ...) when the user left them out. `parsed` is that Config
+    as validated when the run config was built: the facts are set on it with replace(), so the
+    user's keys are not parsed twice. A component may narrow the keys the data fills with
+    `data_facts` (a user's class: the facts its constructor declares)."""
     cfg_cls = comp.Config
     if cfg_cls is None:
         if options:
@@ -413,6 +371,14 @@ def component_config(comp, options: dict, section: str, **inferred):
                               "it takes no options besides name")
         return None
     names = set(getattr(comp, "data_facts", (f.name for f in fields(cfg_cls))))
-    merged = {k: v for k, v in inferred.items() if k in names and k not in options}
-    merged.update(options)
-    return from_dict(cfg_cls, merged, f"[{section}]")
+    facts = {k: v for k, v in inferred.items() if k in names and k not in options}
+    if parsed is None or type(parsed) is not cfg_cls:
+        return from_dict(cfg_cls, {**facts, **options}, f"[{section}]")
+    hints = typing.get_type_hints(cfg_cls)
+    facts = {k: _coerce(v, hints[k], f"[{section}] {k}") for k, v in facts.items()}
+    try:
+        return dataclasses.replace(parsed, **facts)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"[{section}]: {e}") from None

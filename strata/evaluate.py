@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 
-from strata.api import load_run, resolve_config
+from strata.api import load_run
+from strata.build import resolve_config
 from strata.data import DATASETS, load_data
 from strata.device import pick_device
-from strata.errors import StrataError
+from strata.errors import MISFIT_ERRORS, StrataError, model_misfit
 from strata.run_folder import RunFolder
 from strata.train.evaluation import evaluate
 from strata.train.loader import EpochBatches, to_device
@@ -60,11 +61,14 @@ def generate_run(run_dir, request: dict, device: str | None = None) -> dict:
 
 def model_summary(config, overrides=()) -> tuple[list[dict], int]:
     """Every leaf module in call order, with its output shape and own parameter count."""
-    from strata.tasks import build_task
+    from strata.train.budget import build_within_memory
 
     cfg = resolve_config(config, overrides)
     bundle = load_data(cfg.data)
-    task = build_task(cfg, bundle.info).eval()
+    try:
+        task = build_within_memory(cfg, bundle.info, torch.device("cpu"), copies=1).eval()
+    except MISFIT_ERRORS as e:
+        raise model_misfit(cfg, e) from e
     _, batch = next(EpochBatches(bundle.train, 2, False, 0, torch.device("cpu"), collate=bundle.collate).epoch(0))
     rows, names = [], {m: n for n, m in task.named_modules()}
 
@@ -78,6 +82,8 @@ def model_summary(config, overrides=()) -> tuple[list[dict], int]:
     try:
         with torch.no_grad():
             task.validation_step(batch)
+    except MISFIT_ERRORS as e:
+        raise model_misfit(cfg, e) from e
     finally:
         for h in handles:
             h.remove()

@@ -177,12 +177,12 @@ def fit(model, data, *, val=None, test=None, task: str | None = None, epochs: in
     1 a live bar on a terminal or notebook, 2 lines.
     After fit, the model holds the weights of its best validation (what the test figures and predict use).
     """
-    from strata.config import apply_overrides, build_config
+    from strata.build import build_config, data_config
+    from strata.config import apply_overrides
     from strata.data import load_data
     from strata.data.memory import python_bundle
     from strata.run_folder import RunFolder
     from strata.train import Trainer
-    from strata.train.checkpoint import load_checkpoint
 
     if isinstance(batch_size, bool) or batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ConfigError(f"batch_size: must be a whole number >= 1, got {batch_size!r}")
@@ -210,21 +210,12 @@ def fit(model, data, *, val=None, test=None, task: str | None = None, epochs: in
         bundle = None
     data_sec.update(batch_size=batch_size or 32, split_seed=data_sec.get("split_seed", seed))
     if bundle is None:
-        from strata.config import DataConfig, from_dict
-        from dataclasses import fields
-
-        generic = {f.name for f in fields(DataConfig)} - {"options", "name"}
-        dcfg = from_dict(DataConfig, {**{k: v for k, v in data_sec.items() if k in generic},
-                                      "name": data_sec["name"],
-                                      "options": {k: v for k, v in data_sec.items() if k not in generic | {"name"}}},
-                         "[data]")
-        bundle = load_data(dcfg)
-        task = task or (None if "task" in modules else _infer_task(bundle.info))
-    if "task" in modules:
-        pass
-    elif not isinstance(task, str):
-        raise ConfigError(f"task: expected a task name such as 'classify' or 'regress', got {task!r}")
-    else:
+        bundle = load_data(data_config(data_sec))
+        if task is None and "task" not in modules:
+            task = _infer_task(bundle.info)
+    if "task" not in modules:  # a built-in task, named or inferred
+        if not isinstance(task, str):
+            raise ConfigError(f"task: expected a task name such as 'classify' or 'regress', got {task!r}")
         task_sec = {"name": task}
     monitor = monitor or "val/loss"
     raw = {
@@ -252,7 +243,7 @@ def fit(model, data, *, val=None, test=None, task: str | None = None, epochs: in
     task_module = trainer.task
     folder = RunFolder(trainer.run_dir)
     if folder.has_checkpoint("best"):
-        task_module.load_state_dict(load_checkpoint(folder.checkpoint("best"))[0])
+        task_module.load_state_dict(folder.load_weights("best")[0])
     task_module.eval()
     return Run(trainer.run_dir, cfg, task_module, dict(trainer.info), summary)
 
@@ -427,13 +418,13 @@ def load(run_dir, model: nn.Module | None = None, which: str = "best", device: s
     """A trained run from its folder, as strata.fit returned it: config, task with the `best` weights
     (else `last`), data facts. A run of a user's module rebuilds it from the recorded class and
     options; `model=` takes the user's instance instead (a class defined in a script or notebook)."""
-    from strata.config import build_config
+    from strata.build import build_config
     from strata.device import pick_device
     from strata.models.user import INSTANCE_ONLY
     from strata.run_folder import RunFolder
     from strata.tasks import TASKS, build_task
     from strata.tasks.base import Task
-    from strata.train.checkpoint import check_compatible, load_checkpoint
+    from strata.train.checkpoint import check_compatible
 
     folder = RunFolder(run_dir).require()
     raw = folder.read_raw_config()
@@ -455,9 +446,8 @@ def load(run_dir, model: nn.Module | None = None, which: str = "best", device: s
     except ConfigError as e:
         raise ConfigError(f"{folder.config}: {e}") from None
     info = folder.read_info()
-    ckpt = folder.newest_checkpoint(which)
     task = build_task(cfg, info)
-    weights, _, _ = load_checkpoint(ckpt)
+    weights, ckpt = folder.load_weights(which)
     check_compatible(task.state_dict(), weights, str(ckpt))
     task.load_state_dict(weights)
     task.to(device if isinstance(device, torch.device) else pick_device(device or "auto")).eval()

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from strata.config import (DataConfig, RunConfig, apply_overrides, build_config, dump_toml, load_config,
-                           parse_value)
+from strata.build import build_config, load_config
+from strata.config import DataConfig, RunConfig, apply_overrides, dump_toml, parse_value
 from strata.errors import ConfigError, StrataError
 
 TINY = """\

@@ -10,10 +10,18 @@ def load_data(data_cfg):
     from strata.config import from_dict
 
     spec = DATASETS.get(data_cfg.name)
-    opts = from_dict(spec.Config, data_cfg.options, "[data]") if spec.Config else None
-    return spec.load(data_cfg, opts)
+    opts = data_cfg.parsed if isinstance(data_cfg.parsed, spec.Config or ()) else \
+        from_dict(spec.Config, data_cfg.options, "[data]") if spec.Config else None
+    bundle = spec.load(data_cfg, opts)
+    if data_cfg.val_fraction > 0 and bundle.train is not None and len(bundle.train) < 2:
+        from strata.errors import ConfigError
+
+        raise ConfigError(f"[data] val_fraction: {data_cfg.val_fraction} leaves {len(bundle.train)} training "
+                          "example(s); hold out less (0.1 keeps nine tenths for training)")
+    return bundle
 
 
-from strata._autoload import import_submodules  # noqa: E402
-
-import_submodules(__name__, __path__)
+# Each family registers itself when its file is imported; this is the list of them.
+from strata.data import (  # noqa: E402,F401
+    arrays, audio, digits, ett, folders, kddcup, memory, mnist, tables, text, translation,
+)

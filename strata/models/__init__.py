@@ -26,14 +26,16 @@ def build_model(model, options: dict | None = None, section: str = "model", **in
     as it is: the facts of the data are for constructors, and that module is already built."""
     from strata.config import component_config
 
+    parsed = None
     if not isinstance(model, str):
         if getattr(model, "module", None) is not None:
             return model.module
-        model, options = model.name, model.options
+        model, options, parsed = model.name, model.options, model.parsed
     cls = MODELS.get(model)
-    return cls(component_config(cls, options or {}, section, **inferred))
+    return cls(component_config(cls, options or {}, section, parsed, **inferred))
 
 
-from strata._autoload import import_submodules  # noqa: E402
-
-import_submodules(__name__, __path__)
+# Each family registers itself when its file is imported; this is the list of them.
+from strata.models import (  # noqa: E402,F401
+    autoencoder, cnn, diffusion, gan, mlp, pretrained, rnn, sequential, transformer, vae,
+)

@@ -111,7 +111,8 @@ def _resolve_preset(cfg, presets: dict, defaults: dict, model: str) -> None:
     if cfg.preset:
         check(cfg.preset in presets, "[model] preset",
               f"unknown preset '{cfg.preset}' for {model}; known: {', '.join(presets)}")
-        given = [k for k in shape if getattr(cfg, k) is not None]
+        # a value equal to the preset's is the preset itself, filled in by an earlier check of this config
+        given = [k for k in shape if getattr(cfg, k) not in (None, presets[cfg.preset][k])]
         check(not given, "[model] preset", f"sets {', '.join(shape)}; remove {', '.join(given)} or the preset")
         values = presets[cfg.preset]
     else:

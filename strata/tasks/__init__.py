@@ -14,10 +14,11 @@ def build_task(cfg, info: dict):
         cfg.task.module.info = info
         return cfg.task.module
     cls = TASKS.get(cfg.task.name)
-    task_cfg = component_config(cls, cfg.task.options, "task", **info)
+    task_cfg = component_config(cls, cfg.task.options, "task", cfg.task.parsed, **info)
     return cls(task_cfg, cfg.model, info)
 
 
-from strata._autoload import import_submodules  # noqa: E402
-
-import_submodules(__name__, __path__)
+# Each family registers itself when its file is imported; this is the list of them.
+from strata.tasks import (  # noqa: E402,F401
+    classify, diffusion, gan, language_model, reconstruct, regress, seq2seq, sequence_classify, vae,
+)

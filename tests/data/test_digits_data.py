@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from strata.config import DataConfig, build_config
+from strata.config import DataConfig
+from strata.build import build_config
 from strata.data import load_data
 from strata.errors import ConfigError, DataError
 

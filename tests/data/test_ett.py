@@ -51,7 +51,7 @@ def config(model, epochs, **data):
 
 
 def test_a_zeroed_model_with_the_last_value_baseline_is_the_persistence_forecast(mirror):
-    from strata.config import build_config
+    from strata.build import build_config
     from strata.tasks import build_task
 
     cfg = build_config(config({"name": "mlp", "hidden": []}, 1))

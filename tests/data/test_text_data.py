@@ -33,7 +33,7 @@ def test_shakespeare_split_windows_and_limit(mirror):
 
 
 def test_shakespeare_config_errors():
-    from strata.config import build_config
+    from strata.build import build_config
 
     base = {"model": {"name": "rnn_lm"}, "task": {"name": "language_model"}}
     with pytest.raises(ConfigError, match=r"\[data\] block_size: must be >= 1"):

@@ -106,7 +106,7 @@ def test_cli_bad_requests_exit_2(digits_run, test_digits, tmp_path, capsys, args
 
 
 def test_tasks_without_scores_say_so():
-    from strata.config import build_config
+    from strata.build import build_config
     from strata.tasks import build_task
 
     cfg = build_config({"data": {"name": "mnist"}, "model": {"name": "unet", "base_channels": 16},

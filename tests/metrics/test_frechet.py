@@ -67,7 +67,7 @@ def mnist_and_judge(tmp_path_factory):
     mp.setenv("STRATA_HOME", str(tmp_path_factory.mktemp("home")))
     torch.set_num_threads(1)
     from strata.api import train
-    from strata.config import build_config
+    from strata.build import build_config
     from strata.data import load_data
     from strata.metrics.judge import load_judge
 
@@ -120,7 +120,7 @@ def test_judge_errors(mnist_and_judge, tmp_path):
 @pytest.mark.parametrize("task", ["diffusion", "gan"])
 def test_evaluate_report_of_conditional_generators(mnist_and_judge, tmp_path, task):
     """evaluate_report judges eval_samples samples (classes in turn) against the split."""
-    from strata.config import build_config
+    from strata.build import build_config
     from strata.tasks import build_task
 
     data, _, run_dir = mnist_and_judge

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from strata.cli import main
-from strata.config import from_dict, load_config
+from strata.config import from_dict
+from strata.build import load_config
 from strata.errors import ConfigError
 from strata.models.sequential import KINDS, LENET5, PRESETS, Sequential, SequentialConfig
 

@@ -16,7 +16,7 @@ from test_cli import assert_bad_input, cli, digit_pngs, strata
 from train.test_distributed import check_two_processes_match_one
 from train.test_resume import check_sigkill_then_resume_is_bit_identical
 
-from strata.config import build_config, load_config
+from strata.build import build_config, load_config
 from strata.errors import ConfigError
 from strata.models import build_model
 from strata.models.user import class_spec, load_class

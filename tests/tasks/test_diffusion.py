@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from strata.config import build_config
+from strata.build import build_config
 from strata.errors import StrataError
 from strata.tasks import build_task
 from strata.tasks.diffusion import make_betas, respaced
@@ -178,7 +178,7 @@ def test_short_training_lowers_the_ema_noise_prediction_loss(mirror, tmp_path):
 def test_generative_recipes_parse():
     from pathlib import Path
 
-    from strata.config import load_config
+    from strata.build import load_config
 
     root = Path(__file__).resolve().parents[2] / "recipes"
     for name, task in (("mnist-dcgan", "gan"), ("fashion-dcgan", "gan"), ("mnist-ddpm", "diffusion"),

@@ -4,7 +4,7 @@ its options, and a short real training cuts the judge's Frechet distance."""
 import pytest
 import torch
 
-from strata.config import build_config
+from strata.build import build_config
 from strata.data.base import DataBundle, TensorSplit
 from strata.errors import StrataError
 from strata.tasks import build_task

@@ -119,7 +119,7 @@ MNIST = {
 @pytest.fixture(scope="module")
 def mnist_run(env, tmp_path_factory):
     from strata.api import train
-    from strata.config import build_config
+    from strata.build import build_config
     from strata.data import load_data
     from strata.tasks import build_task
 

@@ -57,7 +57,7 @@ def unigram_loss(train_tgt: torch.Tensor, val_tgt: torch.Tensor) -> tuple[float,
 def test_short_training_beats_unigram_baseline(run):
     result, _, _ = run
     from strata.data import load_data
-    from strata.config import build_config
+    from strata.build import build_config
 
     bundle = load_data(build_config(json.loads(json.dumps(CONFIG))).data)
     base_loss, base_acc = unigram_loss(bundle.train.tensors["tgt"], bundle.val.tensors["tgt"])

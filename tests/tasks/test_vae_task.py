@@ -51,7 +51,7 @@ def nelbo_of(task, split) -> float:
 @pytest.fixture(scope="module")
 def vae_run(env, tmp_path_factory):
     from strata.api import train
-    from strata.config import build_config
+    from strata.build import build_config
     from strata.data import load_data
     from strata.tasks import build_task
 

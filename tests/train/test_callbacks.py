@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from strata.api import resolve_config
+from strata.build import resolve_config
 from strata.errors import ConfigError, StrataError
 from strata.run_folder import RunFolder
 from strata.train import Callback, Trainer
@@ -198,7 +198,7 @@ def test_tensorboard_logger_writes_event_files(tmp_path):
 
 STOP_ON_RANK_1 = """
 import json, sys
-from strata.api import resolve_config
+from strata.build import resolve_config
 from strata.train import Callback, Trainer
 from strata.train.progress import Progress
 

@@ -143,7 +143,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_and_resume_finis
 SHARDED_EVAL = """
 import json, sys
 import torch
-from strata.config import build_config
+from strata.build import build_config
 from strata.data import load_data
 from strata.tasks import build_task
 from strata.train.distributed import Dist
