@@ -251,3 +251,13 @@ def test_every_shipped_recipe_is_a_valid_config():
     for path in recipes:
         cfg = load_config(path)  # validates every section against the registered components
         assert cfg.name and cfg.trainer.max_epochs >= 1, path.name
+
+
+def test_the_config_module_imports_no_component():
+    """No config <-> registry circle: the typed sections load without any data set, model or task."""
+    import subprocess
+    import sys
+
+    code = ("import sys, strata.config; bad = [m for m in sys.modules if m.startswith(('strata.data', "
+            "'strata.models', 'strata.tasks', 'strata.build'))]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -57,6 +57,10 @@ def test_keras_style_arrays_reach_95_percent_and_predict_matches_the_cli(tmp_pat
     again = strata.load(run.run_dir)
     assert again.predict(x_test[:5]) == ours
     assert again.summary["weights_sha256"] == run.summary["weights_sha256"]
+    # ... in a new process, without loading the training loop
+    code = (f"import sys, strata; strata.load({str(run.run_dir)!r}).predict([0.0] * 30); "
+            "assert 'strata.train.trainer' not in sys.modules, 'predict imported the trainer'")
+    subprocess.run([sys.executable, "-c", code], check=True, env=ENV)
 
 
 def test_string_labels_are_classes_named_in_predictions(tmp_path):
