@@ -162,7 +162,8 @@ def _infer_task(info: dict) -> str:
 
 def fit(model, data, *, val=None, test=None, task: str | None = None, epochs: int = 10, batch_size: int | None = None,
         lr: float = 1e-3, optimizer: str | dict = "adamw", weight_decay: float = 0.0, schedule: str | dict = "constant",
-        val_split: float = 0.1, standardize: bool = False, target: str | None = None, monitor: str | None = None,
+        loss: str | None = None, val_split: float = 0.1, standardize: bool = False, target: str | None = None,
+        monitor: str | None = None,
         patience: int = 0, callbacks=(), run_dir=None, resume: bool = False, device: str | None = None,
         precision: str | None = None, compile: bool = False, seed: int = 0, verbose: int = 1,
         name: str | None = None, overrides=()) -> "Run":
@@ -170,6 +171,8 @@ def fit(model, data, *, val=None, test=None, task: str | None = None, epochs: in
 
     val / test: held-out data in the same form (else val_split of data is held out, stratified).
     task: "classify" / "regress" / ... (inferred: integer labels classify, floats regress).
+    loss: the task's loss by name where it offers a choice (regress: "mse", "l1", "huber"); a loss of
+    your own is a strata.Task (see the README's third program).
     standardize: scale array inputs by the training split's mean and std (saved with the run and applied
     by predict). monitor / patience: the metric for the best checkpoint and early stopping (patience
     validations without improvement; 0 = never stop early). overrides: "section.key=value" strings for
@@ -213,10 +216,12 @@ def fit(model, data, *, val=None, test=None, task: str | None = None, epochs: in
         bundle = load_data(data_config(data_sec))
         if task is None and "task" not in modules:
             task = _infer_task(bundle.info)
+    if loss is not None and "task" in modules:
+        raise ConfigError("loss: your own Task computes its own loss in training_step; drop loss=")
     if "task" not in modules:  # a built-in task, named or inferred
         if not isinstance(task, str):
             raise ConfigError(f"task: expected a task name such as 'classify' or 'regress', got {task!r}")
-        task_sec = {"name": task}
+        task_sec = {"name": task, **({"loss": loss} if loss is not None else {})}
     monitor = monitor or "val/loss"
     raw = {
         "name": name or _run_name(model_sec, task_sec),

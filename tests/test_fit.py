@@ -76,9 +76,9 @@ def test_float_targets_regress_in_their_units(tmp_path):
     x, y = load_digits(return_X_y=True)
     target = (y * 10.0 + 5.0).astype(np.float32)  # a number to predict, far from zero mean / unit scale
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
-    run = strata.fit(model, (x.astype(np.float32) / 16, target), epochs=8, batch_size=64, lr=3e-3,
+    run = strata.fit(model, (x.astype(np.float32) / 16, target), epochs=8, batch_size=64, lr=3e-3, loss="huber",
                      run_dir=tmp_path / "reg", verbose=0)
-    assert run.cfg.task.name == "regress"
+    assert run.cfg.task.name == "regress" and run.cfg.task.options == {"loss": "huber"}
     assert run.summary["val/r2"] > 0.5, run.summary
     pred = run.predict(x[:50].astype(np.float32) / 16)
     assert abs(np.mean([p["prediction"] for p in pred]) - target[:50].mean()) < 20
@@ -352,3 +352,18 @@ def test_two_torchrun_processes_of_a_fit_script_match_one(tmp_path):
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
+
+
+def test_a_csv_file_and_bf16(tmp_path):
+    """data as a CSV path with its target column; precision='bf16' (autocast on the CPU)."""
+    x, y = load_digits(return_X_y=True)
+    rows = [",".join([f"p{i}" for i in range(64)] + ["digit"])]
+    rows += [",".join([str(int(v)) for v in xi] + [f"d{int(yi)}"]) for xi, yi in zip(x[:600], y[:600])]
+    (tmp_path / "digits.csv").write_text("\n".join(rows) + "\n")
+    run = strata.fit({"name": "mlp", "hidden": [64]}, tmp_path / "digits.csv", target="digit", epochs=5, lr=3e-3,
+                     precision="bf16", run_dir=tmp_path / "csv", verbose=0)
+    assert run.cfg.data.name == "csv" and run.cfg.trainer.precision == "bf16"
+    assert run.info["class_names"][:3] == ["d0", "d1", "d2"]
+    assert run.summary["test/acc"] > 0.8, run.summary  # chance: 0.1
+    with pytest.raises(ConfigError, match="target="):
+        strata.fit("mlp", tmp_path / "digits.csv", run_dir=tmp_path / "no-target", verbose=0)
