@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from strata.errors import ConfigError, DataError, StrataError
+from strata.registry import closest
 
 # Metrics where higher is better: the monitor's mode follows its name.
 _HIGHER_IS_BETTER = ("acc", "auroc", "r2", "bleu", "f1", "precision", "recall")
@@ -141,14 +142,8 @@ def _data_section(data, target: str | None) -> dict | None:
         if isinstance(data, str) and data in DATASETS:
             return {"name": data}
         raise DataError(f"data: {data!r} is neither a .csv / .npz file nor a registered data set"
-                        f"{_closest(str(data), DATASETS.names())}; known: {', '.join(DATASETS.names())}")
+                        f"{closest(str(data), DATASETS.names())}; known: {', '.join(DATASETS.names())}")
     return None
-
-
-def _closest(name, choices) -> str:
-    from strata.registry import closest
-
-    return closest(name, choices)
 
 
 def _infer_task(info: dict) -> str:
@@ -163,8 +158,8 @@ def _infer_task(info: dict) -> str:
 def fit(model, data, *, val=None, test=None, task: str | None = None, epochs: int = 10, batch_size: int | None = None,
         lr: float = 1e-3, optimizer: str | dict = "adamw", weight_decay: float = 0.0, schedule: str | dict = "constant",
         loss: str | None = None, val_split: float = 0.1, standardize: bool = False, target: str | None = None,
-        monitor: str | None = None,
-        patience: int = 0, callbacks=(), run_dir=None, resume: bool = False, device: str | None = None,
+        monitor: str | None = None, patience: int = 0, callbacks=(), run_dir=None, resume: bool = False,
+        device: str | None = None,
         precision: str | None = None, compile: bool = False, seed: int = 0, verbose: int = 1,
         name: str | None = None, overrides=()) -> "Run":
     """Train `model` on `data` and return the Run. See the module docstring for the forms of both.
@@ -199,8 +194,8 @@ def fit(model, data, *, val=None, test=None, task: str | None = None, epochs: in
     if data_sec is None:
         own_step = "task" in modules and task is None  # the user's Task reads the batches it is given
         bundle, task, loader_bs = python_bundle(data, val=val, test=test, task=task or ("own" if own_step else None),
-                                                val_split=val_split,
-                                                split_seed=seed, standardize=standardize, notices=notices)
+                                                val_split=val_split, split_seed=seed, standardize=standardize,
+                                                notices=notices)
         data_sec = {"name": "python", "val_fraction": val_split if val is None else 0.0}
         batch_size = batch_size or loader_bs
     else:

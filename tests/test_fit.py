@@ -367,3 +367,19 @@ def test_a_csv_file_and_bf16(tmp_path):
     assert run.summary["test/acc"] > 0.8, run.summary  # chance: 0.1
     with pytest.raises(ConfigError, match="target="):
         strata.fit("mlp", tmp_path / "digits.csv", run_dir=tmp_path / "no-target", verbose=0)
+
+
+def test_callbacks_reach_the_run_and_can_stop_it(tmp_path):
+    class StopAfterTwoEpochs(strata.Callback):
+        def __init__(self):
+            self.epochs = []
+
+        def on_epoch_end(self, trainer, metrics):
+            self.epochs.append(round(metrics["val/acc"], 4))
+            if len(self.epochs) == 2:
+                trainer.request_stop("two epochs are enough")
+
+    cb = StopAfterTwoEpochs()
+    run = strata.fit(nn.Linear(64, 10), digits(), epochs=10, callbacks=[cb], run_dir=tmp_path / "cb", verbose=0)
+    assert len(cb.epochs) == 2 and run.summary["epochs"] == 2
+    assert [round(h["val/acc"], 4) for h in run.history] == cb.epochs
