@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
 EXIT_BAD_INPUT = 2
@@ -293,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as e:
         from strata.run_folder import RunFolder
 
-        print(f"strata {args.command}: {e}. Resume with:\n  strata train {RunFolder(e.run_dir).config} "
-              f"--run-dir {e.run_dir} --resume", file=sys.stderr)
+        config, run_dir = (shlex.quote(str(p)) for p in (RunFolder(e.run_dir).config, e.run_dir))
+        print(f"strata {args.command}: {e}. Resume with:\n  strata train {config} --run-dir {run_dir} --resume",
+              file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"strata {args.command}: interrupted", file=sys.stderr)

@@ -23,6 +23,7 @@ class Interrupted(Exception):
     def __init__(self, signum: int, run_dir, saved):
         import signal
 
+        self.signum = signum
         self.exit_code = 128 + signum
         self.run_dir = run_dir
         super().__init__(f"interrupted by {signal.Signals(signum).name}; saved {saved}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -51,3 +52,18 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
             pass
         raise
     _fsync_dir(path.parent)
+
+
+def remove_temp_files(folder: str | Path, names: tuple[str, ...] | None = None) -> None:
+    """Delete the temp files atomic_write leaves behind when its process is killed mid-write
+    (`.<name>.<random>.tmp`): those of `names`, or all of them. Call it only while no other process
+    writes into `folder`."""
+    folder = Path(folder)
+    patterns = [f".{glob.escape(n)}.*.tmp" for n in names] if names is not None else [".*.tmp"]
+    for pattern in patterns:
+        for f in folder.glob(pattern):
+            try:
+                if f.is_file() and not f.is_symlink():
+                    f.unlink()
+            except OSError:
+                pass

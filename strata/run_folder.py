@@ -9,23 +9,44 @@
     checkpoints/best/  the weights with the best validation value of trainer.monitor
     tensorboard/       event files, with [trainer] tensorboard = true
     <artefacts>        files a data set saves for later use (a tokenizer, target statistics)
+    .strata-run        marks the folder as strata's; locked while a process trains into it
 
 This class is the one place that knows those names; the trainer writes through it and loading,
 evaluation, pretraining, judging and plots read through it.
+
+A run folder is owned: training writes only into a folder that is new, empty, or a strata run
+(.strata-run, or config.toml with a checkpoint for runs made before the mark), so a mistyped
+--run-dir never overwrites a person's files. While a process trains, .strata-run is locked
+(fcntl.flock, which the OS releases when the process ends however it ends) and holds that process's
+id: a second writer is refused, naming it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import warnings
 from pathlib import Path
 
-from strata.errors import StrataError
-from strata.files import atomic_write
+from strata.errors import CheckpointError, StrataError
+from strata.files import atomic_write, remove_temp_files
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; ownership is still checked
+    fcntl = None
+
+MARK = ".strata-run"
 
 
 class RunFolder:
     def __init__(self, path: str | Path):
+        self.given = str(path)  # "" would be Path("."): the current folder
         self.path = Path(path)
+        self.mark = self.path / MARK
+        self._lock_fd: int | None = None
+        self._created = False  # by claim(): removed again if nothing is written into it
         self.config = self.path / "config.toml"
         self.info = self.path / "info.json"
         self.metrics = self.path / "metrics.jsonl"
@@ -59,6 +80,10 @@ class RunFolder:
     def is_run(self) -> bool:
         return self.config.is_file()
 
+    def is_owned(self) -> bool:
+        """strata's folder: marked, or a run made before the mark (config.toml and a checkpoint)."""
+        return self.mark.is_file() or (self.is_run() and (self.has_checkpoint("last") or self.has_checkpoint("best")))
+
     def is_finished(self) -> bool:
         """The run wrote its summary: it trained to its end (or stopped early), not interrupted."""
         return self.summary.is_file()
@@ -75,7 +100,7 @@ class RunFolder:
 
     # --- readers ------------------------------------------------------------------------------------
     def read_config(self):
-        from strata.config import load_config
+        from strata.build import load_config
 
         return load_config(self.config)
 
@@ -120,6 +145,97 @@ class RunFolder:
         if not self.is_run():
             return None
         return self.read_raw_config().get("data", {}).get("name")
+
+    def load_weights(self, which: str = "best"):
+        """(weights, checkpoint folder) of checkpoints/<which> (else last, as newest_checkpoint); when
+        <which> does not load and `last` does, `last` with a warning."""
+        from strata.train.checkpoint import load_checkpoint
+
+        ckpt = self.newest_checkpoint(which)
+        try:
+            return load_checkpoint(ckpt)[0], ckpt
+        except CheckpointError as e:
+            last = self.checkpoint("last")
+            if ckpt == last or not self.has_checkpoint("last"):
+                raise
+            warnings.warn(f"{e}; using {last} instead")
+            return load_checkpoint(last)[0], last
+
+    # --- taking the folder for a training run (rank 0) ----------------------------------------------
+    def claim(self, resume: bool = False) -> "RunFolder":
+        """Take this folder for training: refuse a folder that is not strata's (a file, or one holding
+        other files), a --resume without a checkpoint, a new run over an old one, and a folder another
+        process trains into; then lock it and clear the temp files a killed process left."""
+        p = self.path
+        if not self.given.strip():
+            raise StrataError("--run-dir is empty; name the run folder (e.g. --run-dir runs/try), or leave "
+                              "--run-dir out for runs/<name>-<timestamp>")
+        if p.exists() and not p.is_dir():
+            raise StrataError(f"run folder {p} is a file, not a folder; give a new folder (or a strata run folder) "
+                              "as --run-dir")
+        try:
+            foreign = p.is_dir() and not self.is_owned() and any(p.iterdir())
+        except OSError as e:
+            raise StrataError(f"run folder {p} cannot be read ({e.strerror or e}); choose another --run-dir") from None
+        if foreign:
+            raise StrataError(f"{p} is not a strata run folder and is not empty; strata trains only into a new or "
+                              f"empty folder or one of its own runs (marked by {MARK}), so nothing there is "
+                              "overwritten: choose another --run-dir")
+        if resume and not self.has_checkpoint("last"):
+            raise CheckpointError(f"--resume: no checkpoint at {self.checkpoint('last')}; drop --resume to start a "
+                                  "new run there")
+        created = not p.exists()
+        self.lock()
+        self._created = created
+        if not resume and self.has_checkpoint("last"):
+            self.unlock()
+            raise StrataError(f"run folder {p} already holds a run; add --resume to continue it, or choose another "
+                              "--run-dir for a new run")
+        for folder in (self.checkpoint("last"), self.checkpoint("best")):
+            remove_temp_files(folder)
+        remove_temp_files(p, (self.config.name, self.info.name, self.summary.name))
+        return self
+
+    def lock(self) -> None:
+        """Create the folder and its mark and hold the mark locked, with this process's id in it."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.mark, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise StrataError(f"cannot write into run folder {self.path}: {e.strerror or e}; choose a --run-dir on "
+                              "a writable disk") from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "whose id is not written yet"
+                os.close(fd)
+                raise StrataError(f"run folder {self.path} is in use by another strata process ({holder}); wait "
+                                  "for it to end or stop it, then add --resume (or choose another --run-dir)") from None
+            except OSError as e:  # a file system without locks (some network mounts)
+                warnings.warn(f"cannot lock {self.mark} ({e.strerror or e}); make sure no other process trains "
+                              f"into {self.path}")
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        except OSError as e:
+            os.close(fd)
+            raise StrataError(f"cannot write into run folder {self.path}: {e.strerror or e}; choose a --run-dir on "
+                              "a writable disk") from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        """Release the lock; a folder this claim created and nothing was written into is removed."""
+        if self._lock_fd is None:
+            return
+        try:
+            if self._created and [e.name for e in self.path.iterdir()] == [MARK]:
+                self.mark.unlink()
+                self.path.rmdir()
+        except OSError:
+            pass
+        os.close(self._lock_fd)  # closing releases the lock
+        self._lock_fd = None
 
     # --- writers (rank 0 of a training run) ---------------------------------------------------------
     def write_start(self, cfg, info: dict, artefacts: dict[str, bytes | str]) -> None:

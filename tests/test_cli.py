@@ -390,9 +390,15 @@ def test_a_corrupt_newest_checkpoint_falls_back_with_a_warning_then_fails_clearl
     assert 0 < json.loads(out)["test/acc"] <= 1
     previous = best / manifest["previous"]["model"]
     previous.write_bytes(b"")
+    last = run / "checkpoints" / "last"
+    with pytest.warns(UserWarning, match=f"no loadable checkpoint in {best}.*using {last} instead"):
+        code, out, err = cli("evaluate", run, "--json")  # no best left: the last weights, with a warning
+    assert code == 0, err
+    for f in last.glob("model-*.safetensors"):
+        f.write_bytes(b"")
     with pytest.warns(UserWarning):
         code, _, err = cli("evaluate", run)
-    assert_bad_input(code, err, "no loadable checkpoint in", str(best), max_lines=1)
+    assert_bad_input(code, err, "no loadable checkpoint in", str(last), max_lines=1)
 
 
 def test_generate_on_a_classifier_run(cnn_run):

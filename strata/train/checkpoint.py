@@ -8,8 +8,9 @@ Layout of one checkpoint folder (`checkpoints/last`, `checkpoints/best`):
 
 Every file is written to a temp file beside the target, fsynced, then os.replace'd; the manifest is
 replaced last, so until it lands the previous pair is still what a reader finds. Files of older
-generations are removed only after the new manifest is durable. A pair that fails to load falls back
-to the previous one with a warning.
+generations, and temp files a killed process left, are removed only after the new manifest is durable.
+A pair that fails to load falls back to the previous one with a warning; a manifest that names a file
+outside its folder is refused.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from strata.errors import CheckpointError
-from strata.files import atomic_write
+from strata.files import atomic_write, remove_temp_files
 
 
 def weights_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -95,14 +96,13 @@ def save_checkpoint(folder: str | Path, weights: dict[str, torch.Tensor], state:
     atomic_write(folder / state_name, buf.getvalue())
 
     manifest_path = folder / "manifest.json"
-    previous = None
-    if manifest_path.exists():
-        try:
-            previous = json.loads(manifest_path.read_text())["current"]
-        except (OSError, ValueError, KeyError):
-            previous = None
+    try:
+        old = read_manifest(folder) if manifest_path.exists() else {}
+    except CheckpointError:  # unreadable: the new generation has no previous
+        old = {}
+    previous = old.get("current")
     if previous and previous["model"] == model_name:  # same tag written again: keep the older previous
-        previous = json.loads(manifest_path.read_text()).get("previous")
+        previous = old.get("previous")
     current = {"model": model_name, "state": state_name, "weights_sha256": sha}
     atomic_write(manifest_path, json.dumps({"current": current, "previous": previous}, indent=1))
 
@@ -112,7 +112,43 @@ def save_checkpoint(folder: str | Path, weights: dict[str, torch.Tensor], state:
     for f in folder.iterdir():
         if f.name not in keep and not f.name.startswith("."):
             f.unlink(missing_ok=True)
+    remove_temp_files(folder)  # left by a process killed mid-write
     return sha
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """manifest.json, checked: {"current": entry, "previous": entry or null}, each entry naming a
+    weights file and a state file inside `folder` (a name that leads elsewhere is refused)."""
+    folder = Path(folder)
+    path = folder / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, OSError) as e:
+        raise CheckpointError(f"{path} is corrupt ({e}); delete the folder and train again") from None
+    problem = _manifest_problem(manifest, folder)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}; it is written by strata and was changed since: restore the run "
+                              "folder or train again")
+    return manifest
+
+
+def _manifest_problem(manifest, folder: Path) -> str | None:
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("current"), dict):
+        return (f"expected an object with a \"current\" checkpoint entry, got {json.dumps(manifest)[:60]}")
+    inside = folder.resolve()
+    for which in ("current", "previous"):
+        entry = manifest.get(which)
+        if entry is None and which == "previous":
+            continue
+        if not isinstance(entry, dict):
+            return f"\"{which}\" is {json.dumps(entry)[:60]}, not an object naming its files"
+        for key in ("model", "state"):
+            name = entry.get(key)
+            if not isinstance(name, str) or not name:
+                return f"\"{which}\" has no \"{key}\" file name"
+            if Path(name).name != name or name in (".", "..") or (folder / name).resolve().parent != inside:
+                return f"\"{which}\" {key} {name!r} is not a file inside {folder}"
+    return None
 
 
 def _load_pair(folder: Path, entry: dict) -> tuple[dict, dict, dict]:
@@ -136,10 +172,7 @@ def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict, 
     if not manifest_path.exists():
         raise CheckpointError(f"no checkpoint in {folder} (manifest.json missing); train first, or point at a run "
                               f"folder that has checkpoints/last")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{manifest_path} is corrupt ({e}); delete the folder and train again") from None
+    manifest = read_manifest(folder)
     errors = []
     for which in ("current", "previous"):
         entry = manifest.get(which)

@@ -69,15 +69,8 @@ class Trainer:
                 raise StrataError("--resume needs --run-dir DIR: the run folder to continue")
             run_dir = self.dist.broadcast_object(str(default_run_dir(cfg.name)))
         self.run_dir = Path(run_dir)
-        self.folder = RunFolder(self.run_dir)
+        self.folder = RunFolder(run_dir)
         self.resume = resume
-        has_ckpt = self.folder.has_checkpoint("last")
-        if resume and not has_ckpt:
-            raise CheckpointError(f"--resume: no checkpoint at {self.folder.checkpoint('last')}; "
-                                  f"drop --resume to start a new run there")
-        if not resume and has_ckpt:
-            raise StrataError(f"run folder {self.run_dir} already holds a run; add --resume to continue it, or "
-                              "choose another --run-dir for a new run")
         self.main = self.dist.is_main
         self.progress = progress or Progress(t.progress, t.log_every_s, enabled=self.main)
         self._bundle = bundle
@@ -90,6 +83,19 @@ class Trainer:
         self._stop_asked: str | None = None  # a callback's request_stop on this process
         self._stop_reason: str | None = None  # the request every process agreed to stop for
         self._last_saved = None  # (step, epoch, batch_in_epoch) of the newest `last`
+        # Rank 0 takes the run folder (strata's own, not in use: see RunFolder.claim) until fit returns;
+        # every process raises its refusal.
+        refused = None
+        if self.main:
+            try:
+                self.folder.claim(resume)
+            except StrataError as e:
+                refused = e
+        message = self.dist.broadcast_object(None if refused is None else str(refused))
+        if refused is not None:
+            raise refused
+        if message is not None:
+            raise StrataError(message)
 
     # --- set-up ---------------------------------------------------------------------------------
     def _setup(self):
@@ -235,12 +241,15 @@ class Trainer:
 
     # --- signals ----------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _signals(self):
+    def _signals(self, now: bool = False):
+        """SIGINT / SIGTERM finish the current step and save (`now`: `last` is saved, stop at once)."""
         if not hasattr(signal, "SIGTERM") or sys.modules["threading"].current_thread() is not sys.modules["threading"].main_thread():
             yield
             return
 
         def handler(signum, frame):
+            if now:
+                raise Interrupted(signum, self.run_dir, self.folder.checkpoint("last"))
             if self._signal_seen is not None:  # a second Ctrl-C: stop now
                 raise KeyboardInterrupt
             self._signal_seen = signum
@@ -307,6 +316,12 @@ class Trainer:
         return first
 
     def fit(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            self.folder.unlock()
+
+    def _run(self) -> dict:
         self.t0 = time.perf_counter()
         self._setup()
         if self.main:
@@ -345,7 +360,12 @@ class Trainer:
             self.progress.write(self._stop_reason)
             if self._last_saved != (self.step, self.epoch, self.batch_in_epoch):
                 self.save("last")
-        return self._finish()
+        try:
+            with self._signals(now=True):  # the test pass and summary: a signal stops them at once
+                return self._finish()
+        except Interrupted as e:
+            self.log("interrupted", signal=signal.Signals(e.signum).name)
+            raise
 
     def _epoch(self) -> None:
         """One epoch from where the last one left off; returns early when the run is stopping."""
@@ -489,8 +509,7 @@ class Trainer:
             last_state = {k: v.clone() for k, v in self.task.state_dict().items()}
             self.dist.broadcast_object(None)  # rank 0 has written best
             if self.folder.has_checkpoint("best"):
-                weights, _, _ = load_checkpoint(self.folder.checkpoint("best"))
-                self.task.load_state_dict(weights)
+                self.task.load_state_dict(self.folder.load_weights("best")[0])
             test_metrics = self.evaluate_split("test")
             self.task.load_state_dict(last_state)
             self.log("test", **test_metrics)
