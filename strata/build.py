@@ -95,7 +95,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         raise ConfigError(f"config file {path} does not exist; `strata recipes` lists the shipped ones")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested too deep
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
     return build_config(apply_overrides(raw, list(overrides)), base_dir=path.parent)
 

@@ -1,14 +1,20 @@
 """The `strata` command: parse -> build config -> call the library. No logic of its own.
 
-Exit codes: 0 done; 2 bad input (usage, config, data, checkpoint); 130 / 143 interrupted after saving.
+Exit codes: 0 done; 2 bad input (usage, config, data, checkpoint, a full disk, a run whose loss stopped
+being finite); 130 / 143 interrupted after saving; 1 a bug in strata (the traceback and a request to report it).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import shlex
 import sys
+
+try:
+    import argparse
+    import json
+    import shlex
+except KeyboardInterrupt:  # Ctrl-C while the command starts: one line, no traceback
+    print("strata: interrupted", file=sys.stderr)
+    raise SystemExit(130) from None
 
 EXIT_BAD_INPUT = 2
 
@@ -278,12 +284,15 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
 
 
 def main(argv: list[str] | None = None) -> int:
-    import warnings
+    try:
+        import warnings
 
-    warnings.formatwarning = lambda message, *a, **k: f"strata: warning: {message}\n"
-    args = build_parser().parse_args(argv)
-    from strata.errors import Interrupted, StrataError
-
+        warnings.formatwarning = lambda message, *a, **k: f"strata: warning: {message}\n"
+        args = build_parser().parse_args(argv)
+        from strata.errors import Interrupted, StrataError, storage_error
+    except KeyboardInterrupt:
+        print("strata: interrupted", file=sys.stderr)
+        return 130
     try:
         return COMMANDS[args.command](args)
     except StrataError as e:
@@ -301,6 +310,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"strata {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        error = storage_error(e) if isinstance(e, OSError) else None  # a full disk, a read-only folder
+        if error is not None:
+            print(f"strata {args.command}: error: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        import traceback
+
+        traceback.print_exc()
+        print(f"strata {args.command}: internal error ({type(e).__name__}): a bug in strata, not in your input; "
+              "please report it with the command you ran and the traceback above", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

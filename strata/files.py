@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from strata.errors import storage_error
+
 
 def _fsync_dir(path: Path) -> None:
     try:
@@ -33,10 +35,13 @@ _UMASK = _read_umask()
 def atomic_write(path: str | Path, data: bytes | str) -> None:
     """Write bytes (or text) to `path` so that a reader sees the old file or the new one, never half."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(data, str):
         data = data.encode("utf-8")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise storage_error(e, path) or e
     try:
         if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the mode a plain open() would
             os.fchmod(fd, 0o666 & ~_UMASK)
@@ -45,11 +50,14 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        full = storage_error(e, path) if isinstance(e, OSError) else None
+        if full is not None:  # the target, if it existed, is untouched
+            raise full from e
         raise
     _fsync_dir(path.parent)
 

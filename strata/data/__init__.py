@@ -13,11 +13,10 @@ def load_data(data_cfg):
     opts = data_cfg.parsed if isinstance(data_cfg.parsed, spec.Config or ()) else \
         from_dict(spec.Config, data_cfg.options, "[data]") if spec.Config else None
     bundle = spec.load(data_cfg, opts)
-    if data_cfg.val_fraction > 0 and bundle.train is not None and len(bundle.train) < 2:
-        from strata.errors import ConfigError
+    if bundle.train is not None:  # the sets that hold out val themselves
+        from strata.data.splits import check_training_left
 
-        raise ConfigError(f"[data] val_fraction: {data_cfg.val_fraction} leaves {len(bundle.train)} training "
-                          "example(s); hold out less (0.1 keeps nine tenths for training)")
+        check_training_left(len(bundle.train), data_cfg)
     return bundle
 
 

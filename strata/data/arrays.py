@@ -80,6 +80,11 @@ class NumpyArrays(DatasetSpec):
         for k in ("val", "test"):
             if f"x_{k}" in a:
                 parts[k] = split(a[f"x_{k}"], a[f"y_{k}"])
+        for name, arr in a.items():  # NaN or inf trains to NaN: refuse it here, naming where it is
+            bad = ~np.isfinite(arr) if np.issubdtype(arr.dtype, np.floating) else None
+            if bad is not None and bad.any():
+                raise DataError(f"{cfg.path}: {name} holds {int(bad.sum()):,} NaN or inf values (the first at "
+                                f"index {[int(i) for i in np.argwhere(bad)[0]]}); fill or drop them before training")
         if parts["train"] is None:
             raise DataError(f"{cfg.path}: no training examples left after carving val/test from {len(y)}")
 

@@ -31,6 +31,9 @@ def open_image(path: str | Path, channels: int):
     try:
         img = Image.open(path)
         img.load()
+    except Image.DecompressionBombError as e:  # a header claiming more pixels than Pillow will decode
+        raise DataError(f"{path} claims to be an image too large to open safely ({e}); give an image of "
+                        "ordinary size (a few megapixels at most)") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(f"{path} is not an image Pillow can read ({e}); expected a PNG or JPEG file") from None
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):

@@ -76,6 +76,15 @@ def training_subset(index: np.ndarray, y: np.ndarray | None, data_cfg) -> np.nda
     return limit(index, y, data_cfg.limit, data_cfg.split_seed)
 
 
+def check_training_left(n_train: int, data_cfg) -> None:
+    """A val_fraction that leaves fewer than 2 training examples names itself (not batch_size)."""
+    if data_cfg.val_fraction > 0 and n_train < 2:
+        from strata.errors import ConfigError
+
+        raise ConfigError(f"[data] val_fraction: {data_cfg.val_fraction} leaves {n_train} training example(s); "
+                          "hold out less (0.1 keeps nine tenths for training)")
+
+
 def train_val_test(y: np.ndarray | None, data_cfg, test_fraction: float | None, n: int | None = None):
     """Index arrays (train, val, test) over one pool of examples: test carved first (when
     test_fraction is given), then val from the rest with data_cfg.val_fraction, then
@@ -90,5 +99,6 @@ def train_val_test(y: np.ndarray | None, data_cfg, test_fraction: float | None, 
         keep, held = hold_out(None if y is None else y[rest], data_cfg.val_fraction, data_cfg.split_seed + 7919,
                               len(rest))
         rest, val = rest[keep], rest[held]
+        check_training_left(len(rest), data_cfg)
     val, test = (None if a is None or not len(a) else a for a in (val, test))
     return training_subset(rest, y, data_cfg), val, test

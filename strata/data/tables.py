@@ -80,6 +80,16 @@ def _numbers(col: np.ndarray) -> np.ndarray | None:
         return None
 
 
+def refuse_infinite(cols: dict[str, np.ndarray], where) -> None:
+    """inf trains to NaN (NaN, NA, empty are missing values, filled with the mean): name the first one."""
+    for name, col in cols.items():
+        v = _numbers(col)
+        if v is not None and np.isinf(v).any():
+            row = int(np.flatnonzero(np.isinf(v))[0])
+            raise DataError(f"{where}: column '{name}' row {row + 1} is {col[row]!r}, not a finite number; "
+                            "replace it with a number, or leave the cell empty to mark it missing")
+
+
 def encode(cols: dict[str, np.ndarray], info: dict) -> dict[str, torch.Tensor]:
     """Feature columns -> {"x": (N, F) float32[, "cat": (N, K) int64]} with the statistics in info."""
     n = len(next(iter(cols.values())))
@@ -144,9 +154,10 @@ class CsvTable(DatasetSpec):
 
                 raise DataError(f"CSV file {path} has no column '{name}'{closest(name, cols)}; "
                                 f"columns: {', '.join(cols)}")
-        target = cols.pop(cfg.target)
         for name in cfg.drop:
             cols.pop(name)
+        refuse_infinite(cols, f"CSV file {path}")
+        target = cols.pop(cfg.target)
         keep = ~_missing(target)
         cols, target = {k: v[keep] for k, v in cols.items()}, target[keep]
         if len(target) < 2:
@@ -210,6 +221,7 @@ class CsvTable(DatasetSpec):
             if unknown:
                 raise DataError(f"input {item!r} has columns the model was not trained on: {', '.join(unknown)}; "
                                 f"known: {', '.join(sorted(known))}")
+            refuse_infinite(cols, f"input {item!r}")
             parts.append(encode(cols, info))
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 

@@ -118,7 +118,8 @@ class Config:
               f"levels run from 0 to {levels - 1}, got {list(self.attention_levels)}")
         check(all(self.base_channels * m % self.heads == 0 for m in self.channel_mult), "[model] heads",
               f"must divide every level's channel count, got {self.heads}")
-        check(self.num_res_blocks >= 1, "[model] num_res_blocks", f"must be >= 1, got {self.num_res_blocks}")
+        check(1 <= self.num_res_blocks <= 1000, "[model] num_res_blocks",
+              f"must be in [1, 1000], got {self.num_res_blocks}")
         check(0 <= self.dropout < 1, "[model] dropout", f"must be in [0, 1), got {self.dropout}")
         check(not self.conditional or self.num_classes >= 2, "[model] conditional",
               f"needs a data set with >= 2 classes, got num_classes = {self.num_classes}")

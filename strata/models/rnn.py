@@ -116,7 +116,7 @@ class ClassifierConfig:
 
     def __post_init__(self):
         check(self.hidden >= 1, "[model] hidden", f"must be >= 1, got {self.hidden}")
-        check(self.layers >= 1, "[model] layers", f"must be >= 1, got {self.layers}")
+        check(1 <= self.layers <= 1000, "[model] layers", f"must be in [1, 1000], got {self.layers}")
         check(0 <= self.dropout < 1, "[model] dropout", f"must be in [0, 1), got {self.dropout}")
         check(self.embed_dim >= 0, "[model] embed_dim", f"must be >= 0, got {self.embed_dim}")
         check(self.vocab_size == 0 or self.embed_dim > 0, "[model] embed_dim", "must be > 0 for token inputs")
@@ -183,7 +183,7 @@ class LMConfig:
 
     def __post_init__(self):
         check(self.hidden >= 1, "[model] hidden", f"must be >= 1, got {self.hidden}")
-        check(self.layers >= 1, "[model] layers", f"must be >= 1, got {self.layers}")
+        check(1 <= self.layers <= 1000, "[model] layers", f"must be in [1, 1000], got {self.layers}")
         check(0 <= self.dropout < 1, "[model] dropout", f"must be in [0, 1), got {self.dropout}")
         check(self.embed_dim >= 0, "[model] embed_dim", f"must be >= 0, got {self.embed_dim}")
 

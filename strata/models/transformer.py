@@ -120,7 +120,7 @@ def _resolve_preset(cfg, presets: dict, defaults: dict, model: str) -> None:
     for k in shape:
         if getattr(cfg, k) is None:
             object.__setattr__(cfg, k, values[k])
-    check(cfg.n_layer >= 1, "[model] n_layer", f"must be >= 1, got {cfg.n_layer}")
+    check(1 <= cfg.n_layer <= 1000, "[model] n_layer", f"must be in [1, 1000], got {cfg.n_layer}")
     check(cfg.n_head >= 1 and cfg.dim % cfg.n_head == 0, "[model] dim",
           f"must be a multiple of n_head ({cfg.n_head}), got {cfg.dim}")
     if cfg.positions == "rotary":

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from strata.errors import StrataError
+from strata.errors import StrataError, storage_error
 
 
 def _check(images: torch.Tensor) -> torch.Tensor:
@@ -48,8 +48,15 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, p
 def save_grid(images: torch.Tensor, path, nrow: int | None = None, padding: int = 2) -> Path:
     """Write the samples as one PNG grid (nrow per row; square by default). Returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _to_pil(make_grid(images, nrow=nrow, padding=padding)).save(path)
+    if path.is_dir():
+        raise StrataError(f"--out {path} is a folder; give a file name such as {path / 'grid.png'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _to_pil(make_grid(images, nrow=nrow, padding=padding)).save(path)
+    except OSError as e:
+        raise storage_error(e, path) or e
+    except ValueError as e:  # Pillow: a name whose extension it cannot write
+        raise StrataError(f"--out {path}: {e}; give a file name ending in .png") from None
     return path
 
 

@@ -30,6 +30,9 @@ from strata.tasks import TASKS
 from strata.tasks.base import Task
 
 GENERATE_OPTIONS = ("prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "n")
+# One call's bound on --max-new-tokens (minutes on a CPU): a bigger number is almost always a typo, and
+# would run for hours without a word.
+MAX_NEW_TOKENS = 20_000
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,10 @@ def check_request(request: dict, defaults: LanguageModelConfig) -> dict:
         raise StrataError(f"--top-p: must be in (0, 1], got {r['top_p']}; e.g. --top-p 0.9 (1 keeps every token)")
     if r["n"] < 1:
         raise StrataError(f"--n: must be >= 1, got {r['n']}")
+    if r["max_new_tokens"] > MAX_NEW_TOKENS:
+        warnings.warn(f"--max-new-tokens {r['max_new_tokens']:,} is more than one call generates; generating "
+                      f"{MAX_NEW_TOKENS:,} tokens (give the end of the text as --prompt to continue it)", stacklevel=2)
+        r["max_new_tokens"] = MAX_NEW_TOKENS
     return r
 
 

@@ -185,7 +185,10 @@ class _Sink(Callback):
         self.close()
 
     def on_exception(self, trainer, error):
-        self.close()
+        try:
+            self.close()
+        except OSError:  # a full disk: the error the run ends with says so, not this one
+            self._out = None
 
     def close(self):
         if self._out is not None:

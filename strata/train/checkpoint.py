@@ -205,3 +205,13 @@ def check_compatible(expected: dict[str, torch.Tensor], found: dict[str, torch.T
                          f"model {tuple(expected[k].shape)})")
         raise CheckpointError(f"{what} is a checkpoint of another model: {', '.join(parts)}; use the run folder "
                               "that was trained with this config")
+
+
+def surviving_checkpoint(folder: str | Path) -> str:
+    """What a reader of `folder` finds after a failed save (the manifest is replaced last): for messages."""
+    try:
+        name = json.loads((Path(folder) / "manifest.json").read_text())["current"]["model"]
+        step = int(name.split("-")[1].split(".")[0])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return f"{folder} holds no earlier checkpoint"
+    return f"the previous checkpoint in {folder} (step {step}) is intact"

@@ -25,17 +25,19 @@ import torch
 from strata.config import RunConfig
 from strata.data import load_data
 from strata.device import pick_device, seed_everything
-from strata.errors import CheckpointError, ConfigError, Interrupted, StrataError
+from strata.errors import (MISFIT_ERRORS, CheckpointError, ConfigError, Interrupted, StorageError, StrataError,
+                           model_misfit)
 from strata.registry import closest
 from strata.run_folder import RunFolder
-from strata.tasks import build_task
 from strata.tasks.base import Loss
+from strata.train.budget import build_within_memory
 from strata.train.callbacks import Callback, builtin_callbacks, hook_table, improves
 from strata.train.checkpoint import (check_compatible, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
-                                     weights_sha256)
+                                     surviving_checkpoint, weights_sha256)
 from strata.train.distributed import Dist
 from strata.train.evaluation import evaluate
 from strata.train.loader import EpochBatches
+from strata.train.nonfinite import NonFiniteGuard
 from strata.train.optim import build_optimizer, build_schedule
 from strata.train.precision import Precision
 from strata.train.progress import Progress
@@ -107,7 +109,7 @@ class Trainer:
         seed_everything(t.seed)
         self.bundle = self._bundle if self._bundle is not None else load_data(cfg.data)
         self.info = dict(self.bundle.info)
-        self.task = build_task(cfg, self.info).to(self.device)
+        self.task = build_within_memory(cfg, self.info, self.device).to(self.device)
         self.dist.broadcast_params(self.task)
         if self.dist.enabled:  # same initial weights everywhere, then each rank its own dropout / noise
             seed_everything(t.seed + self.dist.rank)
@@ -130,6 +132,7 @@ class Trainer:
                           for name, o in self.optimizers.items()}
 
         self.precision = Precision(t.precision, self.device)
+        self.guard = NonFiniteGuard(t.nonfinite, self.dist)
         self.autocast = self.precision.autocast
         self._dry_run()
         if t.compile:
@@ -158,11 +161,8 @@ class Trainer:
         try:
             with torch.no_grad(), self.autocast():
                 self.task.validation_step(batch)
-        except (RuntimeError, ValueError, IndexError, KeyError, TypeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"[model] '{self.cfg.model.name}' does not fit the data of '{self.cfg.data.name}' "
-                              f"with task '{self.cfg.task.name}': {first}. Check the [model] keys against the data "
-                              f"(`strata summary CONFIG` shows the shapes)") from e
+        except MISFIT_ERRORS as e:
+            raise model_misfit(self.cfg, e) from e
         finally:
             self.task.validation_start()
             self.task.train()
@@ -203,12 +203,16 @@ class Trainer:
 
     def save(self, which: str = "last") -> str | None:
         """checkpoints/<which> (rank 0 writes; every process may call); returns the weights' sha256."""
+        self.guard.check(self)  # weights a non-finite step produced are never saved
         if which == "last":
             self._last_saved = (self.step, self.epoch, self.batch_in_epoch)
         if not self.main:
             return None
         path = self.folder.checkpoint(which)
-        sha = save_checkpoint(path, self.task.state_dict(), self._state(), self.cfg.to_dict(), self.step)
+        try:
+            sha = save_checkpoint(path, self.task.state_dict(), self._state(), self.cfg.to_dict(), self.step)
+        except StorageError as e:  # the manifest is written last: the previous generation is intact
+            raise CheckpointError(f"{e}; checkpoint not saved, {surviving_checkpoint(path)}") from None
         self._call("on_checkpoint_saved", which, path)
         return sha
 
@@ -279,9 +283,16 @@ class Trainer:
             return
         opt, params = self.optimizers[name], self.opt_params[name]
         self.dist.average_grads(params)
+        norm = None
         if t.grad_clip > 0:
             self.precision.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+        if self.guard.skips:
+            if norm is None:
+                self.precision.unscale_(opt)
+            if not self.guard.step_ok(self, loss.value, params, norm):
+                opt.zero_grad(set_to_none=True)
+                return
         self.precision.step(opt)
         opt.zero_grad(set_to_none=True)
         self.schedules[name].step()
@@ -382,8 +393,10 @@ class Trainer:
         for i, batch in self.train_batches.epoch(self.epoch, self.batch_in_epoch):
             boundary = (i + 1) % t.grad_accum == 0 or i + 1 == total
             loss = self._train_step(batch, boundary).value.detach()
-            loss_sum += loss.float()
-            n_logged += 1
+            self.guard.record(self, self.step + 1, loss)
+            if not self.guard.skips or bool(torch.isfinite(loss)):  # a skipped batch is left out of train/loss
+                loss_sum += loss.float()
+                n_logged += 1
             samples += self.cfg.data.batch_size
             self.batch_in_epoch = i + 1
             if not boundary:
@@ -397,6 +410,7 @@ class Trainer:
             if self.stopping:
                 return
             if val_every and self.step % val_every == 0 and i + 1 < total:
+                self.guard.check(self)
                 self.log("train", loss=float(loss_sum) / n_logged, lr=self._lr(), **self._mean_logs(n_logged))
                 loss_sum.zero_()
                 n_logged = 0
@@ -409,6 +423,7 @@ class Trainer:
             if t.max_steps and self.step >= t.max_steps:
                 break
         # end of epoch
+        self.guard.check(self)
         self.epoch += 1
         self.batch_in_epoch = 0
         for s in self.schedules.values():
@@ -519,6 +534,7 @@ class Trainer:
             "torch": torch.__version__, "seed": self.cfg.trainer.seed, "weights_sha256": final_sha,
             "run_dir": str(self.run_dir),
         })
+        summary = self.guard.summarise(summary, self.progress.write)
         if self.main:
             self.folder.write_summary(summary)
             self.progress.write("summary: " + ", ".join(

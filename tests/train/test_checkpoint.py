@@ -15,7 +15,7 @@ from safetensors import safe_open
 from torch import nn
 
 import strata.files
-from strata.errors import CheckpointError
+from strata.errors import CheckpointError, StorageError
 from strata.train import checkpoint as C
 
 
@@ -63,7 +63,7 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_no_temp_file(tmp_path, mon
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(strata.files.os, "fsync", disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match=r"cannot write .*config\.toml: no space left on the device"):
         C.atomic_write(target, "new")
     assert target.read_text() == "old"
     assert files(tmp_path) == {"config.toml"}
