@@ -36,7 +36,7 @@ class NonFiniteGuard:
         self.mode = mode
         self.dist = dist
         self.pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet read from the device
-        self.last_finite: tuple[int, float] | None = None
+        self.last_finite: tuple[int, torch.Tensor] | None = None  # read only for the message
         self.skipped = 0
         self.in_a_row = 0
 
@@ -56,7 +56,7 @@ class NonFiniteGuard:
         if not self.pending:
             return
         pending, self.pending = self.pending, []
-        losses = torch.stack([loss.detach().float().reshape(()) for _, loss in pending])  # (n,)
+        losses = torch.stack([loss for _, loss in pending]).detach().float().flatten()  # (n,) one loss a batch
         finite = torch.isfinite(losses)
         bad = ~finite.all()
         if self.dist is not None and self.dist.enabled:  # every process stops at the same check
@@ -64,17 +64,17 @@ class NonFiniteGuard:
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             bad = flag[0] > 0
         if not bool(bad):
-            self.last_finite = (pending[-1][0], float(losses[-1]))
+            self.last_finite = pending[-1]
             return
         local = [i for i, ok in enumerate(finite.tolist()) if not ok]
         if not local:
             raise Diverged("[trainer] nonfinite: another process's loss stopped being finite; the run stopped "
                            f"at step {pending[-1][0]}")
         i = local[0]
-        before = (pending[i - 1][0], float(losses[i - 1])) if i else self.last_finite
+        before = pending[i - 1] if i else self.last_finite
         step, value = pending[i][0], float(losses[i])
-        trainer.log("nonfinite", loss=str(value), at_step=step, last_finite_loss=before[1] if before else None)
-        last = f"the last finite loss was {before[1]:.4g} at step {before[0]}" if before else \
+        trainer.log("nonfinite", loss=str(value), at_step=step, last_finite_loss=float(before[1]) if before else None)
+        last = f"the last finite loss was {float(before[1]):.4g} at step {before[0]}" if before else \
             "no step had a finite loss"
         saved = getattr(trainer, "_last_saved", None)
         kept = f"; checkpoints/last holds step {saved[0]}" if saved else ""
