@@ -202,8 +202,7 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.mark, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
-            raise StrataError(f"cannot write into run folder {self.path}: {e.strerror or e}; choose a --run-dir on "
-                              "a writable disk") from None
+            raise self._unwritable(e) from None
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -220,9 +219,12 @@ class RunFolder:
             os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
         except OSError as e:
             os.close(fd)
-            raise StrataError(f"cannot write into run folder {self.path}: {e.strerror or e}; choose a --run-dir on "
-                              "a writable disk") from None
+            raise self._unwritable(e) from None
         self._lock_fd = fd
+
+    def _unwritable(self, e: OSError) -> StrataError:
+        return StrataError(f"cannot write into run folder {self.path}: {e.strerror or e}; choose a --run-dir on a "
+                           "writable disk")
 
     def unlock(self) -> None:
         """Release the lock; a folder this claim created and nothing was written into is removed."""
