@@ -84,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="use a trained run on inputs: image files, sentences, .wav files")
     pr.add_argument("run_dir")
-    pr.add_argument("inputs", nargs="+")
+    pr.add_argument("inputs", nargs="*")
+    pr.add_argument("--user", help="rating / ranking runs: the user's id, as in the ratings")
+    pr.add_argument("--item", help="with --user: that item's predicted score")
+    pr.add_argument("--top", type=_positive_int("--top"), help="with --user: how many items to recommend (10)")
     pr.add_argument("--device")
     pr.add_argument("--json", action="store_true")
 
@@ -168,8 +171,17 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_predict(a) -> int:
-    from strata.evaluate import predict_run
+    from strata.evaluate import predict_run, recommend_run
 
+    request = {k: getattr(a, k) for k in ("user", "item", "top") if getattr(a, k) is not None}
+    if request or not a.inputs:
+        from strata.tasks._recommend import as_text
+
+        out = recommend_run(a.run_dir, request, a.inputs, device=a.device)
+        if "notice" in out and not a.json:
+            print(f"strata: {out['notice']}", file=sys.stderr)
+        _print(out, a.json, as_text(out))
+        return 0
     results = predict_run(a.run_dir, a.inputs, device=a.device)
     if a.json:
         _print({"predictions": results}, True)

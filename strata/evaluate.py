@@ -52,6 +52,14 @@ def predict_run(run_dir, inputs: list[str], device: str | None = None) -> list[d
         return run.task.predict_step(batch)
 
 
+def recommend_run(run_dir, request: dict, inputs=(), device: str | None = None) -> dict:
+    """`strata predict RUN_DIR --user U [--item I] [--top N]` on a rating or ranking run."""
+    if inputs:
+        raise StrataError(f"--user / --item / --top take no inputs; got {' '.join(inputs)}")
+    run = load_run(run_dir, device=pick_device(device or "auto"))
+    return run.task.recommend(request, Path(run_dir))
+
+
 def generate_run(run_dir, request: dict, device: str | None = None) -> dict:
     dev = pick_device(device or "auto")
     run = load_run(run_dir, device=dev)

@@ -364,11 +364,18 @@ class Run:
         return {key: encode_arrays(inputs, {k: v for k, v in self.info.items() if k != "standardize"})
                 if self.info.get("in_shape") else torch.as_tensor(inputs)}
 
-    def predict(self, inputs) -> list[dict]:
+    def predict(self, inputs=None, *, user=None, item=None, top: int | None = None) -> list[dict] | dict:
         """What `strata predict RUN_DIR INPUTS --json` prints under "predictions", one dict per example.
         inputs: arrays or tensors (one example or a batch, raw as in training: the run's own encoding
-        is applied), file paths, or strings, as the run's data set reads them."""
+        is applied), file paths, or strings, as the run's data set reads them.
+        A rating or ranking run answers `predict(user=U, item=I)` or `predict(user=U, top=N)` with the
+        dict `strata predict RUN_DIR --user U ... --json` prints."""
         from strata.train.loader import to_device
+
+        if user is not None or item is not None or top is not None:
+            request = {k: v for k, v in (("user", user), ("item", item), ("top", top)) if v is not None}
+            with torch.no_grad():
+                return self.task.recommend(request, self.run_dir)
 
         batch = to_device(self._encode(inputs), self.device)
         self.task.eval()

@@ -22,5 +22,5 @@ def load_data(data_cfg):
 
 # Each family registers itself when its file is imported; this is the list of them.
 from strata.data import (  # noqa: E402,F401
-    arrays, audio, digits, ett, folders, kddcup, memory, mnist, tables, text, translation,
+    arrays, audio, digits, ett, folders, kddcup, memory, mnist, movielens, ratings, tables, text, translation,
 )

@@ -37,5 +37,5 @@ def build_model(model, options: dict | None = None, section: str = "model", **in
 
 # Each family registers itself when its file is imported; this is the list of them.
 from strata.models import (  # noqa: E402,F401
-    autoencoder, cnn, diffusion, gan, mlp, pretrained, rnn, sequential, transformer, vae,
+    autoencoder, autorec, cnn, diffusion, gan, mlp, pretrained, recommender, rnn, sequential, transformer, vae,
 )

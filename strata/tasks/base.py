@@ -140,6 +140,14 @@ class Task(nn.Module):
         raise StrataError(f"this run's task ({type(self).__name__}) does not generate; "
                           "`strata generate` needs a language-model, seq2seq or generative-image run")
 
+    def recommend(self, request: dict, run_dir) -> dict:
+        """`strata predict RUN_DIR --user U [--item I] [--top N]`: request holds user, and item or top
+        where given. Return a JSON-able dict (one item's score, or the best items the user did not rate)."""
+        from strata.errors import StrataError
+
+        raise StrataError(f"--user / --item / --top need a rating or ranking run; this run's task "
+                          f"({type(self).__name__}) predicts from inputs: strata predict RUN_DIR INPUT...")
+
     def evaluate_report(self, bundle, split: str, run_dir) -> dict[str, float]:
         """Extra figures for `strata evaluate` beyond the validation metrics (Frechet distance, ...)."""
         return {}

@@ -24,8 +24,15 @@ def _first(out):
     return out[0] if isinstance(out, tuple) else out
 
 
+def _pairs():
+    return torch.tensor([1, 2, 0]), torch.tensor([3, 0, 8])  # (user, item); 0 = unseen in training
+
+
 # name -> (config options, inputs, expected shape of the first output)
 CASES = {
+    "mf": ({"num_users": 6, "num_items": 9, "dim": 4}, _pairs, (B,)),
+    "neumf": ({"num_users": 6, "num_items": 9, "gmf_dim": 4, "mlp_dims": [8, 4]}, _pairs, (B,)),
+    "autorec": ({"num_users": 6, "num_items": 9, "hidden": 5}, _pairs, (B,)),
     "mlp": ({"hidden": [16, 16]}, lambda: (_img(),), (B, 10)),
     "cnn": ({"channels": [4, 8], "fc_hidden": 16}, lambda: (_img(),), (B, 10)),
     "resnet": ({"widths": [4, 8], "blocks_per_stage": 1}, lambda: (_img(),), (B, 10)),
