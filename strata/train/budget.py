@@ -9,6 +9,7 @@ traceback or the kernel's out-of-memory killer minutes later.
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -40,7 +41,9 @@ def build_within_memory(cfg, info: dict, device: torch.device, copies: int = TRA
     if cfg.task.module is None and cfg.model.module is None:
         state = rng_state()
         try:
-            with torch.device("meta"):
+            # a pretrained part loading its checkpoint into meta tensors warns that the copy is a no-op
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 probe = build_task(cfg, info)
             n = sum(p.numel() for p in probe.parameters()) + sum(b.numel() for b in probe.buffers())
         except Exception as e:  # noqa: BLE001 - a model the meta device cannot build: the real build speaks
