@@ -13,8 +13,12 @@ movielens-mf-ranking.toml, then ranks the same candidates by popularity (the num
 ratings) and at random (expected HR@10 = 0.1). Prints test HR@10 and NDCG@10 and each HR@10 over
 popularity's.
 
-    python benchmarks/movielens.py rating [--quick]     # --quick: 2 epochs each
+    python benchmarks/movielens.py rating [--quick] [--refit]   # --quick: 2 epochs each
     python benchmarks/movielens.py ranking [--quick]
+
+--refit: once a recipe has chosen its epochs on the validation tenth, train it again on all of u1.base
+for that many epochs (val_fraction = 0) and report that model on u1.test too, as SVD's reference row
+uses all of u1.base (the usual protocol: settings chosen on validation, then the whole training file).
 
 scikit-surprise is optional (`pip install scikit-surprise`); without it the SVD rows are left out.
 """
@@ -93,12 +97,24 @@ def ranking_peers(info: dict, bundle) -> dict:
             "random": rank_metrics(torch.rand(items.shape, generator=torch.Generator().manual_seed(0)))}
 
 
+def best_epoch(run_dir: Path, summary: dict) -> int:
+    """The epoch whose validation gave the run's best monitored value."""
+    from strata.run_folder import RunFolder
+
+    key = next(k for k in summary if k.startswith("best_"))
+    monitor, best = key.removeprefix("best_"), summary[key]
+    return next(e["epoch"] for e in RunFolder(run_dir).read_metrics() if e.get("event") == "val"
+                and e.get(monitor) == best)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("part", choices=["rating", "ranking"])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "movielens")
     ap.add_argument("--only", nargs="*", help="recipes to train (default: all of the part's)")
+    ap.add_argument("--refit", action="store_true", help="rating: retrain each recipe on all of u1.base for its "
+                                                         "validated number of epochs")
     args = ap.parse_args(argv)
     quick = ["trainer.max_epochs=2"] if args.quick else []
     torch.set_num_threads(1)
@@ -108,6 +124,13 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         res = train(str(ROOT / "recipes" / f"{name}.toml"), overrides=quick, run_dir=args.run_dir / name)
         rows[name] = {**{m: res.summary[f"test/{m}"] for m in metrics}, "seconds": time.perf_counter() - t0}
+        if args.refit and args.part == "rating":
+            t0 = time.perf_counter()
+            epochs = best_epoch(res.run_dir, res.summary)
+            res = train(str(ROOT / "recipes" / f"{name}.toml"), run_dir=args.run_dir / f"{name}-all",
+                        overrides=quick + ["data.val_fraction=0", f"trainer.max_epochs={epochs}"])
+            rows[f"{name} (all of u1.base, {epochs} epochs)"] = {
+                **{m: res.summary[f"test/{m}"] for m in metrics}, "seconds": time.perf_counter() - t0}
     bundle = load_data(load_config(ROOT / "recipes" / f"{names[0]}.toml").data)
     rows.update((peers if args.part == "rating" else ranking_peers)(bundle.info, bundle))
     ref_name = next(n for n in ("surprise SVD (all of u1.base)", "user/item biases", "popularity") if n in rows)
