@@ -120,6 +120,14 @@ def ratings_bundle(train: Rows, val: Rows | None, test: Rows | None, titles: dic
     `everything`: all rows (for leave-one-out, whose sampled negatives avoid every rated item)."""
     if len(train) == 0:
         raise DataError("the training split has no ratings")
+    lo, hi = float(train.rating.min()), float(train.rating.max())
+    for name, rows in (("validation", val), ("test", test)):
+        outside = np.flatnonzero((rows.rating < lo) | (rows.rating > hi)) if rows is not None and len(rows) else []
+        if len(outside):
+            i = int(outside[0])
+            raise DataError(f"{len(outside):,} {name} ratings lie outside the training ratings' scale {lo:g}..{hi:g} "
+                            f"(the first: user {rows.user[i]}, item {rows.item[i]}, rating {rows.rating[i]:g}); "
+                            "put every rating on one scale before training")
     users, items = index_ids(train.user), index_ids(train.item)
     nu, ni = len(users) + 1, len(items) + 1
     tu, ti = encode_ids(train.user, users), encode_ids(train.item, items)

@@ -166,6 +166,10 @@ def test_own_ratings_csv_with_string_ids_titles_and_unseen_ids(tmp_path):
         load_data(data_config({**data, "timestamp": "", "split": "leave_one_out"}))
     with pytest.raises(DataError, match="no column 'stras'"):
         load_data(data_config({**data, "rating": "stras"}))
+    # a rating off the training scale (1..5 here) among the held-out rows is refused, naming it
+    (tmp_path / "r.csv").write_text("\n".join(rows[:-1] + ["u29,m3,50,99"]))
+    with pytest.raises(DataError, match=r"outside the training ratings' scale 1\.\.5 .*rating 50"):
+        load_data(data_config({**data, "split": "leave_one_out", "negatives": 5}))
 
 
 def test_short_ranking_training_beats_popularity_and_recommends_unrated_items(mirror, tmp_path, capsys):
