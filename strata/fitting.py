@@ -57,17 +57,28 @@ def recorded_options(module: nn.Module) -> dict | None:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         value = getattr(module, name, inspect.Parameter.empty)
-        if value is not inspect.Parameter.empty and _plain(value) and not isinstance(value, nn.Module):
+        if value is None and isinstance(p.default, bool):
+            value = False  # torch's convention: Linear(bias=False) keeps self.bias = None
+        if value is None and p.default is None:
+            continue  # TOML has no null: the default says it
+        if value is not inspect.Parameter.empty and value is not None and _plain(value) \
+                and not isinstance(value, nn.Module):
             options[name] = list(value) if isinstance(value, tuple) else value
         elif p.default is inspect.Parameter.empty:
             return None
+    return options if same_shapes(cls, options, module) else None
+
+
+def same_shapes(cls, options: dict, module: nn.Module) -> bool:
+    """Whether cls(**options), built on the meta device (no memory, no time), has `module`'s
+    parameters and buffers, name by name and shape by shape."""
     try:
         with torch.device("meta"):
             twin = cls(**options)
     except Exception:  # the constructor wants something else: the user passes the instance to load
-        return None
+        return False
     shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
-    return options if shapes(twin) == shapes(module) else None
+    return shapes(twin) == shapes(module)
 
 
 def module_section(module: nn.Module) -> dict:
@@ -76,6 +87,13 @@ def module_section(module: nn.Module) -> dict:
     from strata.models.user import INSTANCE_ONLY, class_spec
 
     cls = type(module)
+    if cls is nn.Sequential:  # a stack of layers that can each be recorded: a Stack of their tables
+        from strata.nn.stack import Stack
+
+        layers = [module_section(child) for child in module]
+        if all(not layer["name"].startswith(INSTANCE_ONLY) for layer in layers) and \
+                same_shapes(Stack, {"layers": layers}, module):
+            return {"name": class_spec(Stack), "layers": layers}
     spec = class_spec(cls)
     options = recorded_options(module) if spec else None
     if options is None:

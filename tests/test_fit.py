@@ -383,3 +383,26 @@ def test_callbacks_reach_the_run_and_can_stop_it(tmp_path):
     run = strata.fit(nn.Linear(64, 10), digits(), epochs=10, callbacks=[cb], run_dir=tmp_path / "cb", verbose=0)
     assert len(cb.epochs) == 2 and run.summary["epochs"] == 2
     assert [round(h["val/acc"], 4) for h in run.history] == cb.epochs
+
+
+def test_an_nn_sequential_of_torch_layers_is_recorded_layer_by_layer(tmp_path):
+    """Keras users' first model: nn.Sequential(...). Its layers' classes and arguments go into the
+    run config, so `strata predict` in a new process rebuilds it and answers as run.predict does."""
+    x, y = digits()
+    model = nn.Sequential(nn.Linear(64, 32, bias=False), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.1),
+                          nn.Sequential(nn.Linear(32, 16), nn.Tanh()), nn.Linear(16, 10))
+    run = strata.fit(model, (x, y), epochs=2, run_dir=tmp_path / "seq", verbose=0)
+    assert run.cfg.model.name == "strata.nn.stack:Stack"
+    assert run.cfg.model.options["layers"][0] == {"name": "torch.nn.modules.linear:Linear", "in_features": 64,
+                                                  "out_features": 32, "bias": False}
+    np.save(tmp_path / "rows.npy", x[:4])
+    out = strata_cli("predict", run.run_dir, tmp_path / "rows.npy", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["predictions"] == run.predict(x[:4])
+    # a layer that a new process cannot build (a class defined in a function) leaves the whole stack
+    # needing the instance
+    class Local(nn.Identity):
+        pass
+
+    odd = nn.Sequential(nn.Linear(64, 10), Local())
+    assert strata.fitting.module_section(odd)["name"] == "python:torch.nn.modules.container:Sequential"
