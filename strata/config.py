@@ -13,7 +13,6 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Literal
 
 from strata.errors import ConfigError

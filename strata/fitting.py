@@ -445,7 +445,6 @@ def load(run_dir, model: nn.Module | None = None, which: str = "best", device: s
     options; `model=` takes the user's instance instead (a class defined in a script or notebook)."""
     from strata.build import build_config
     from strata.device import pick_device
-    from strata.models.user import INSTANCE_ONLY
     from strata.run_folder import RunFolder
     from strata.tasks import TASKS, build_task
     from strata.tasks.base import Task
@@ -464,8 +463,6 @@ def load(run_dir, model: nn.Module | None = None, which: str = "best", device: s
         if ":" in task_name and task_name not in TASKS:  # the user's own Task class
             task_module = rebuild(raw["task"], "task")
             modules = {"task": task_module, "model": task_module}
-        elif raw.get("model", {}).get("name", "").startswith(INSTANCE_ONLY):
-            rebuild(raw["model"], "model")  # raises the error that asks for the instance
     try:
         cfg = build_config(raw, modules)
     except ConfigError as e:
