@@ -134,6 +134,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("name", nargs="?")
     d.add_argument("--json", action="store_true")
 
+    ex = sub.add_parser("export", help="write a trained run as an ONNX or torch.export file, checked against torch")
+    ex.add_argument("run_dir")
+    ex.add_argument("--format", choices=["onnx", "pt2"], default="onnx")
+    ex.add_argument("--out", help="the file to write (default RUN_DIR/export/model.onnx or model.pt2)")
+    ex.add_argument("--which", choices=["best", "last"], default="best", help="the checkpoint to export")
+    ex.add_argument("--json", action="store_true")
+
+    sv = sub.add_parser("serve", help="serve trained runs over HTTP: a JSON API and a web page")
+    sv.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-batch", type=_positive_int("--max-batch"), default=32,
+                    help="most inputs in one forward pass of the dynamic batcher")
+    sv.add_argument("--max-wait-ms", type=float, default=5.0,
+                    help="how long the batcher waits for more requests before running a batch")
+    sv.add_argument("--no-batching", action="store_true", help="one forward pass per request")
+    sv.add_argument("--device")
+
     q = sub.add_parser("quickstart", help="train a CNN on scikit-learn's digits, offline, in under a minute")
     q.add_argument("--run-dir")
     q.add_argument("--device")
@@ -281,6 +299,23 @@ def cmd_datasets(a) -> int:
     return EXIT_BAD_INPUT if bad else 0
 
 
+def cmd_export(a) -> int:
+    from strata.export import export_run
+
+    out = export_run(a.run_dir, fmt=a.format, out=a.out, which=a.which)
+    _print(out, a.json, f"{out['format']}: {out['out']}\n  checked: max |exported - torch| = {out['max_abs_diff']:.2e} "
+                        f"on {out['checked_examples']} real inputs\n  preprocessing: {out['preprocessing']}")
+    return 0
+
+
+def cmd_serve(a) -> int:
+    from strata.serve import serve
+
+    serve(a.run_dirs, host=a.host, port=a.port, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms,
+          batching=not a.no_batching, device=a.device)
+    return 0
+
+
 def cmd_quickstart(a) -> int:
     from strata.quickstart import quickstart
 
@@ -292,7 +327,7 @@ def cmd_quickstart(a) -> int:
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "generate": cmd_generate,
             "explain": cmd_explain, "summary": cmd_summary, "recipes": cmd_recipes, "datasets": cmd_datasets,
-            "quickstart": cmd_quickstart}
+            "export": cmd_export, "serve": cmd_serve, "quickstart": cmd_quickstart}
 
 
 def main(argv: list[str] | None = None) -> int:
