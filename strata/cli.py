@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how long the batcher waits for more requests before running a batch")
     sv.add_argument("--no-batching", action="store_true", help="one forward pass per request")
     sv.add_argument("--device")
+    sv.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MiB (larger: 413)")
+    sv.add_argument("--max-items", type=_positive_int("--max-items"), default=64,
+                    help="most inputs (or samples) in one request")
+    sv.add_argument("--timeout-s", type=float, default=30.0, help="longest a request may take (longer: 504)")
+    sv.add_argument("--threads", type=_positive_int("--threads"),
+                    help="torch threads for the forward passes (default: torch's, which follows OMP_NUM_THREADS)")
 
     q = sub.add_parser("quickstart", help="train a CNN on scikit-learn's digits, offline, in under a minute")
     q.add_argument("--run-dir")
@@ -312,7 +318,8 @@ def cmd_serve(a) -> int:
     from strata.serve import serve
 
     serve(a.run_dirs, host=a.host, port=a.port, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms,
-          batching=not a.no_batching, device=a.device)
+          batching=not a.no_batching, device=a.device, max_body_bytes=int(a.max_body_mb * 2**20),
+          max_items=a.max_items, timeout_s=a.timeout_s, threads=a.threads)
     return 0
 
 
