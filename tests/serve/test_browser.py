@@ -1,0 +1,297 @@
+"""The web page of `strata serve` (strata/serve/page.html) in a real browser: headless Chromium.
+
+Against the real server: an MNIST CNN run classifies an uploaded MNIST test digit, with probability bars
+and the explanation heatmap; a tiny language model's text grows on the page as it streams; a tiny DCGAN
+draws samples. Against a scripted stand-in for the API (Playwright answers the page's requests): the
+panels of the other run kinds (text, audio, table, ratings), the run picker, and errors shown inline.
+Every test also asserts the page logged no console errors and threw nothing.
+
+STRATA_SCREENSHOT=1 writes docs/serve-page.png (the MNIST page with its prediction and heatmap)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import os
+import struct
+import urllib.request
+import wave
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PAGE = REPO / "strata" / "serve" / "page.html"
+SCREENSHOT = REPO / "docs" / "serve-page.png"
+FAKE = "http://strata.test"  # the origin of the scripted API
+
+
+def api(url: str, path: str, body: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.load(r)
+
+
+def data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def upload(page, name: str, mime: str, data: bytes, selector: str = "#file-input") -> None:
+    page.set_input_files(selector, files=[{"name": name, "mimeType": mime, "buffer": data}])
+
+
+def loaded(page, selector: str) -> bool:
+    """Whether the <img> at `selector` has decoded (naturalWidth > 0)."""
+    return page.eval_on_selector(selector, "img => img.complete && img.naturalWidth > 0")
+
+
+# --- against the real server ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mnist_server(mnist_cnn_run, serve_process):
+    with serve_process([mnist_cnn_run]) as (url, _):
+        yield url
+
+
+def right_digit(url: str, digit_png) -> tuple[bytes, int]:
+    """The first MNIST test digit the run classifies correctly (asked through the API)."""
+    for i in range(20):
+        png, label = digit_png(i)
+        if api(url, "/runs/mnist-cnn/predict", {"inputs": [data_url(png)]})["predictions"][0]["label"] == str(label):
+            return png, label
+    pytest.fail("the MNIST run gets none of the first 20 test digits right")
+
+
+def test_an_uploaded_digit_is_classified_and_explained(browser_page, mnist_server, digit_png):
+    png, label = right_digit(mnist_server, digit_png)
+    page = browser_page.page
+    page.goto(mnist_server + "/")
+    assert page.is_hidden("#run-picker")  # one run: no picker
+    upload(page, "digit.png", "image/png", png)
+    page.wait_for_selector("#prediction-label")
+    assert page.text_content("#prediction-label").strip() == str(label)
+    bars = page.locator("[data-testid=prob-bar]")
+    assert bars.count() >= 3
+    assert bars.first.get_attribute("data-label") == str(label)
+    page.wait_for_function("() => { const i = document.querySelector('#heatmap'); return i && i.naturalWidth > 0 }")
+    assert loaded(page, "#input-preview")
+    assert page.text_content("#predict-error") == ""
+    # clicking another class's bar explains that class
+    other = bars.nth(1).get_attribute("data-label")
+    bars.nth(1).click()
+    page.wait_for_function(f"() => document.querySelector('#explanation figcaption')?.textContent.includes('“{other}”')")
+    assert loaded(page, "#heatmap")
+    browser_page.assert_no_errors()
+    if os.environ.get("STRATA_SCREENSHOT"):
+        bars.first.click()
+        page.wait_for_function(f"() => document.querySelector('#explanation figcaption')?.textContent.includes('“{label}”')")
+        page.wait_for_function("() => document.querySelector('#heatmap').naturalWidth > 0")
+        save_screenshot(page, SCREENSHOT)
+
+
+def save_screenshot(page, out: Path) -> None:
+    """The page as a PNG of at most 256 colours (the page is flat colours: small and sharp)."""
+    from PIL import Image
+
+    height = page.evaluate("() => Math.ceil(document.querySelector('#panels').getBoundingClientRect().bottom) + 16")
+    shot = Image.open(io.BytesIO(page.screenshot(clip={"x": 0, "y": 0, "width": 1100, "height": height})))
+    shot.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
+
+
+@pytest.fixture(scope="module")
+def lm_run(session_mirror, tmp_path_factory):
+    """A character LSTM trained on 500 windows of tiny-shakespeare for one epoch (a few seconds)."""
+    from strata.api import train
+
+    config = {"name": "lm", "data": {"name": "shakespeare", "block_size": 64, "stride": 64, "batch_size": 32,
+                                     "limit": 500},
+              "model": {"name": "rnn_lm", "hidden": 64, "layers": 1, "dropout": 0.0},
+              "task": {"name": "language_model"}, "optimizer": {"name": "adamw", "lr": 3e-3},
+              "trainer": {"max_epochs": 1, "progress": "off", "device": "cpu", "seed": 0}}
+    return train(config, run_dir=tmp_path_factory.mktemp("runs") / "lm").run_dir
+
+
+# Records every length #stream-output's text takes, as the page writes it (one record per change).
+RECORD_LENGTHS = """() => {
+  window.lengths = [];
+  const out = document.querySelector('#stream-output');
+  new MutationObserver(() => window.lengths.push([out.textContent.length, out.dataset.state]))
+    .observe(out, {childList: true, characterData: true, subtree: true, attributes: true});
+}"""
+
+
+def test_language_model_text_streams_onto_the_page(browser_page, lm_run, serve_process):
+    with serve_process([lm_run]) as (url, _):
+        page = browser_page.page
+        page.goto(url + "/")
+        page.fill("#prompt", "ROMEO:")
+        page.fill("#max-tokens", "600")
+        page.evaluate(RECORD_LENGTHS)
+        page.click("#generate-button")
+        page.wait_for_selector("#stream-output[data-state=done]", timeout=60_000)
+        text = page.text_content("#stream-output")
+        lengths = page.evaluate("window.lengths")
+    assert text.strip() and page.text_content("#stream-prompt") == "ROMEO:"
+    growing = {n for n, state in lengths if state == "streaming" and n > 0}
+    assert len(growing) >= 2, f"the text did not grow in steps while streaming: {lengths[:20]}"
+    assert page.text_content("#lm-error") == ""
+    browser_page.assert_no_errors()
+
+
+# --- against a scripted API: the other run kinds ------------------------------------------------
+
+class FakeApi:
+    """Answers the page's requests in the browser: `/` is page.html, `/info` is `info`, and
+    POST /runs/NAME/ACTION is answers[ACTION] (a dict, or a (status, dict) pair); requests are kept."""
+
+    def __init__(self, page, info: dict, answers: dict):
+        self.info, self.answers, self.requests = info, answers, []
+        page.route(FAKE + "/**", self.handle)
+        page.goto(FAKE + "/")
+
+    def handle(self, route):
+        path = route.request.url[len(FAKE):]
+        if path == "/":
+            return route.fulfill(body=PAGE.read_text(encoding="utf-8"), content_type="text/html; charset=utf-8")
+        if path == "/info":
+            return route.fulfill(json=self.info)
+        action = path.split("/", 3)[3]
+        self.requests.append((path, json.loads(route.request.post_data or "null")))
+        status, body = self.answers[action] if isinstance(self.answers[action], tuple) else (200, self.answers[action])
+        return route.fulfill(status=status, json=body)
+
+
+LIMITS = {"max_body_bytes": 2_000_000, "max_items": 64, "timeout_s": 30, "max_batch": 32, "batching": True}
+
+
+def run_info(name: str, task: str, input: str, actions: list[str], **facts) -> dict:
+    base = {"name": name, "task": task, "input": input, "actions": actions, "class_names": None,
+            "input_shape": None, "image": None, "columns": None, "generate": None}
+    return {**base, **facts}
+
+
+def classified(*pairs) -> dict:
+    top = [{"label": k, "index": i, "probability": p} for i, (k, p) in enumerate(pairs)]
+    return {"predictions": [{"label": top[0]["label"], "probability": top[0]["probability"], "top": top}]}
+
+
+def test_text_classifier_enter_predicts(browser_page):
+    info = {"runs": [run_info("sst2", "sequence_classify", "text", ["predict"], class_names=["negative", "positive"])],
+            "limits": LIMITS}
+    fake = FakeApi(browser_page.page, info, {"predict": classified(("positive", 0.91), ("negative", 0.09))})
+    page = browser_page.page
+    page.fill("#text-input", "a gripping, funny film")
+    page.press("#text-input", "Enter")
+    page.wait_for_selector("#prediction-label")
+    assert page.text_content("#prediction-label") == "positive"
+    assert page.locator("[data-testid=prob-bar]").count() == 2
+    assert fake.requests == [("/runs/sst2/predict", {"inputs": ["a gripping, funny film"]})]
+    assert page.locator("#explanation *").count() == 0  # no "explain" action: no explanation asked for
+    browser_page.assert_no_errors()
+
+
+def wav_bytes(seconds: float = 0.2, rate: int = 8000) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate)
+        w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(i / 9))) for i in range(int(seconds * rate))))
+    return buf.getvalue()
+
+
+def test_audio_upload_previews_and_predicts(browser_page):
+    info = {"runs": [run_info("fsdd", "sequence_classify", "audio", ["predict"], class_names=list("0123456789"))],
+            "limits": LIMITS}
+    fake = FakeApi(browser_page.page, info, {"predict": classified(("7", 0.8), ("1", 0.15), ("3", 0.05))})
+    page = browser_page.page
+    wav = wav_bytes()
+    upload(page, "seven.wav", "audio/wav", wav)
+    page.wait_for_selector("#prediction-label")
+    assert page.text_content("#prediction-label") == "7"
+    assert page.get_attribute("#audio-preview", "src").startswith("data:audio/")
+    sent = fake.requests[0][1]["inputs"][0]
+    assert base64.b64decode(sent.split(",", 1)[1]) == wav  # the file as a data URL
+    browser_page.assert_no_errors()
+
+
+TABLE_RUN = run_info("houses", "regress", "table", ["predict", "explain"], columns=[
+    {"name": "rooms", "type": "number", "choices": None},
+    {"name": "city", "type": "category", "choices": ["Lyon", "Paris"]},
+    {"name": "area", "type": "number", "choices": None}])
+
+
+def test_table_form_from_columns_and_a_pasted_csv_row(browser_page):
+    explained = {"explanations": [{"target": "output 0", "score": 312.5, "top": [
+        {"feature": "area", "attribution": 120.0}, {"feature": "city=Lyon", "attribution": -31.5}]}]}
+    fake = FakeApi(browser_page.page, {"runs": [TABLE_RUN], "limits": LIMITS},
+                   {"predict": {"predictions": [{"prediction": 312.5}]}, "explain": explained})
+    page = browser_page.page
+    assert page.locator("#table-form input[type=number]").count() == 2
+    assert page.locator("#table-form select option").all_text_contents() == ["—", "Lyon", "Paris"]
+    page.fill("#csv-row", "area,city,rooms\n81.5,Lyon,3")  # a header line maps the values to the columns
+    page.click("#csv-fill")
+    assert page.input_value("#col-0") == "3" and page.input_value("#col-1") == "Lyon"
+    page.click("#predict-button")
+    page.wait_for_selector("[data-testid=feature]")
+    assert page.text_content("#prediction-value") == "312.5"
+    assert fake.requests[0][1] == {"inputs": [{"rooms": 3, "city": "Lyon", "area": 81.5}]}
+    assert page.locator("[data-testid=feature]").all_text_contents()[0].startswith("area")
+    browser_page.assert_no_errors()
+
+
+def test_errors_are_shown_inline_and_name_the_field(browser_page):
+    error = (422, {"error": "column 'area': 'big' is not a number", "field": "area"})
+    FakeApi(browser_page.page, {"runs": [TABLE_RUN], "limits": LIMITS}, {"predict": error})
+    page = browser_page.page
+    page.fill("#col-2", "7")
+    page.fill("#csv-row", "1,2")  # two values for three columns
+    page.click("#csv-fill")
+    assert "reads 3 columns" in page.text_content("#predict-error")
+    page.click("#predict-button")
+    page.wait_for_function("() => document.querySelector('#predict-error').textContent.includes('not a number')")
+    assert page.get_attribute("#predict-error", "role") == "alert"
+    assert page.get_attribute("#col-2", "aria-invalid") == "true"
+    # the browser logs the 422 itself; nothing else may appear
+    assert all("status of 422" in e for e in browser_page.errors), browser_page.errors
+
+
+def test_image_generator_draws_samples_of_a_class(browser_page, tmp_path):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (28, 28), 200).save(buf, format="PNG")
+    gen = {"kind": "image", "conditional": True, "class_names": list("0123456789"),
+           "defaults": {"n": 16, "seed": 0, "guidance": 2.0, "steps": 50}}
+    info = {"runs": [run_info("ddpm", "diffusion", "none", ["generate"], generate=gen)], "limits": LIMITS}
+    fake = FakeApi(browser_page.page, info, {"generate": {"images": [data_url(buf.getvalue())] * 4}})
+    page = browser_page.page
+    page.select_option("#gen-class", "3")
+    page.fill("#gen-guidance", "3")
+    page.fill("#gen-n", "4")
+    page.click("#draw-button")
+    page.wait_for_selector("[data-testid=sample]")
+    assert page.locator("[data-testid=sample]").count() == 4
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=sample]')].every(i => i.naturalWidth > 0)")
+    assert fake.requests[0][1] == {"class": "3", "guidance": 3, "steps": 50, "n": 4, "seed": 0}
+    browser_page.assert_no_errors()
+
+
+def test_ratings_run_lists_recommendations_and_the_picker_switches_runs(browser_page):
+    recs = {"user": "42", "top": [{"item": "50", "title": "Star Wars (1977)", "rating": 4.71},
+                                  {"item": "181", "title": "Return of the Jedi (1983)", "rating": 4.52}]}
+    info = {"runs": [run_info("ml-mf", "rating", "ratings", ["recommend"]), TABLE_RUN], "limits": LIMITS}
+    fake = FakeApi(browser_page.page, info, {"recommend": recs})
+    page = browser_page.page
+    assert page.is_visible("#run-select")  # two runs: a picker
+    page.fill("#user-id", "42")
+    page.fill("#top-n", "2")
+    page.press("#user-id", "Enter")
+    page.wait_for_selector("[data-testid=recommendation]")
+    assert page.locator("[data-testid=recommendation]").all_text_contents()[0].startswith("Star Wars (1977)")
+    assert fake.requests == [("/runs/ml-mf/recommend", {"user": "42", "top": 2})]
+    page.select_option("#run-select", "houses")
+    page.wait_for_selector("#table-form")
+    assert page.text_content("#run-name") == "houses" and page.locator("#recommend-form").count() == 0
+    browser_page.assert_no_errors()
