@@ -11,8 +11,9 @@ import torch
 from strata.errors import ConfigError
 
 
-def pick_device(name: str = "auto") -> torch.device:
+def pick_device(name: str | torch.device = "auto") -> torch.device:
     """auto: this process's CUDA GPU under torchrun (LOCAL_RANK), else MPS, else the CPU."""
+    name = str(name)
     if name == "auto":
         if torch.cuda.is_available():
             local = int(os.environ.get("LOCAL_RANK", "0"))

@@ -177,7 +177,7 @@ def fit(model, data, *, val=None, test=None, task: str | None = None, epochs: in
         lr: float = 1e-3, optimizer: str | dict = "adamw", weight_decay: float = 0.0, schedule: str | dict = "constant",
         loss: str | None = None, val_split: float = 0.1, standardize: bool = False, target: str | None = None,
         monitor: str | None = None, patience: int = 0, callbacks=(), run_dir=None, resume: bool = False,
-        device: str | None = None,
+        device: str | torch.device | None = None,
         precision: str | None = None, compile: bool = False, seed: int = 0, verbose: int = 1,
         name: str | None = None, overrides=()) -> "Run":
     """Train `model` on `data` and return the Run. See the module docstring for the forms of both.
@@ -245,7 +245,7 @@ def fit(model, data, *, val=None, test=None, task: str | None = None, epochs: in
         "trainer": {"max_epochs": epochs, "seed": seed, "compile": compile, "monitor": monitor,
                     "mode": "max" if monitor.rsplit("/", 1)[-1] in _HIGHER_IS_BETTER else "min",
                     "early_stopping_patience": patience, "progress": ("off", "auto", "lines")[verbose],
-                    **({"precision": precision} if precision else {}), **({"device": device} if device else {})},
+                    **({"precision": precision} if precision else {}), **({"device": str(device)} if device else {})},
     }
     cfg = build_config(apply_overrides(raw, list(overrides)), modules)
     if verbose and _is_main():

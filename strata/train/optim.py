@@ -105,8 +105,11 @@ def _cosine(opt, c: ScheduleConfig, total_steps: int, steps_per_epoch: int, mode
 @SCHEDULES.register("onecycle")
 def _onecycle(opt, c: ScheduleConfig, total_steps: int, steps_per_epoch: int, mode: str):
     max_lr = [g["lr"] for g in opt.param_groups]
-    return Schedule(torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=max(total_steps, 2),
-                                                        pct_start=c.pct_start))
+    n = max(total_steps, 3)
+    # torch places the peak at step pct_start * n - 1 and divides by each phase's length: a run of a few
+    # steps (pct_start * n == 1, say 4 steps at 0.25) would divide by zero, so each phase keeps >= 1.5 steps.
+    pct = min(max(c.pct_start, 1.5 / n), (n - 1.5) / n)
+    return Schedule(torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=n, pct_start=pct))
 
 
 @SCHEDULES.register("step")

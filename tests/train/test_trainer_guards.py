@@ -54,6 +54,20 @@ def test_onecycle_with_accumulation_remainder_finishes(tmp_path):
     assert res.summary["steps"] == 2 * 8
 
 
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 8])
+def test_onecycle_runs_of_a_few_steps_finish(tmp_path, steps):
+    # 4 steps at pct_start 0.25 put torch's peak at step 0 and divided by zero inside OneCycleLR
+    res = train(DIGITS, ["schedule.name='onecycle'", f"trainer.max_steps={steps}"], run_dir=tmp_path / "run")
+    assert res.summary["steps"] == steps
+    assert all(r["lr"] > 0 for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+               if "lr" in r)
+
+
+def test_the_trainer_takes_a_torch_device(tmp_path):
+    res = train(DIGITS, ["trainer.max_steps=2"], run_dir=tmp_path / "run", device=torch.device("cpu"))
+    assert res.summary["device"] == "cpu"
+
+
 def test_a_last_training_batch_of_one_example_is_dropped():
     split = TensorSplit({"x": torch.zeros(33, 2)})
     batches = EpochBatches(split, 16, True, 0, torch.device("cpu"))
