@@ -43,9 +43,17 @@ def upload(page, name: str, mime: str, data: bytes, selector: str = "#file-input
     page.set_input_files(selector, files=[{"name": name, "mimeType": mime, "buffer": data}])
 
 
-def loaded(page, selector: str) -> bool:
-    """Whether the <img> at `selector` has decoded (naturalWidth > 0)."""
-    return page.eval_on_selector(selector, "img => img.complete && img.naturalWidth > 0")
+def wait_decoded(page, selector: str) -> None:
+    """Waits until there are <img> elements at `selector` and all have decoded (naturalWidth > 0)."""
+    page.wait_for_function("s => { const a = [...document.querySelectorAll(s)];"
+                           " return a.length > 0 && a.every(i => i.complete && i.naturalWidth > 0) }", arg=selector)
+
+
+def wait_caption(page, label: str) -> None:
+    """Waits for the explanation of class `label` and its heatmap."""
+    page.wait_for_function("l => document.querySelector('#explanation figcaption')?.textContent.includes(`“${l}”`)",
+                           arg=label)
+    wait_decoded(page, "#heatmap")
 
 
 # --- against the real server ---------------------------------------------------------------------
@@ -76,19 +84,17 @@ def test_an_uploaded_digit_is_classified_and_explained(browser_page, mnist_serve
     bars = page.locator("[data-testid=prob-bar]")
     assert bars.count() >= 3
     assert bars.first.get_attribute("data-label") == str(label)
-    page.wait_for_function("() => { const i = document.querySelector('#heatmap'); return i && i.naturalWidth > 0 }")
-    assert loaded(page, "#input-preview")
+    wait_caption(page, str(label))
+    wait_decoded(page, "#input-preview")
     assert page.text_content("#predict-error") == ""
     # clicking another class's bar explains that class
     other = bars.nth(1).get_attribute("data-label")
     bars.nth(1).click()
-    page.wait_for_function(f"() => document.querySelector('#explanation figcaption')?.textContent.includes('“{other}”')")
-    assert loaded(page, "#heatmap")
+    wait_caption(page, other)
     browser_page.assert_no_errors()
     if os.environ.get("STRATA_SCREENSHOT"):
         bars.first.click()
-        page.wait_for_function(f"() => document.querySelector('#explanation figcaption')?.textContent.includes('“{label}”')")
-        page.wait_for_function("() => document.querySelector('#heatmap').naturalWidth > 0")
+        wait_caption(page, str(label))
         save_screenshot(page, SCREENSHOT)
 
 
@@ -128,7 +134,7 @@ def test_language_model_text_streams_onto_the_page(browser_page, lm_run, serve_p
         page = browser_page.page
         page.goto(url + "/")
         page.fill("#prompt", "ROMEO:")
-        page.fill("#max-tokens", "600")
+        page.fill("#max-tokens", "300")
         page.evaluate(RECORD_LENGTHS)
         page.click("#generate-button")
         page.wait_for_selector("#stream-output[data-state=done]", timeout=60_000)
@@ -273,7 +279,7 @@ def test_image_generator_draws_samples_of_a_class(browser_page, tmp_path):
     page.click("#draw-button")
     page.wait_for_selector("[data-testid=sample]")
     assert page.locator("[data-testid=sample]").count() == 4
-    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=sample]')].every(i => i.naturalWidth > 0)")
+    wait_decoded(page, "[data-testid=sample]")
     assert fake.requests[0][1] == {"class": "3", "guidance": 3, "steps": 50, "n": 4, "seed": 0}
     browser_page.assert_no_errors()
 
