@@ -301,3 +301,58 @@ def test_ratings_run_lists_recommendations_and_the_picker_switches_runs(browser_
     page.wait_for_selector("#table-form")
     assert page.text_content("#run-name") == "houses" and page.locator("#recommend-form").count() == 0
     browser_page.assert_no_errors()
+
+
+def test_array_input_is_checked_as_json_before_it_is_sent(browser_page):
+    info = {"runs": [run_info("arr", "regress", "array", ["predict"], input_shape=[2, 2])], "limits": LIMITS}
+    fake = FakeApi(browser_page.page, info, {"predict": {"predictions": [{"prediction": [0.5, 1.5, 1.0]}]}})
+    page = browser_page.page
+    page.fill("#text-input", "[[1, 2], [3")
+    page.click("#predict-button")
+    assert "not valid JSON" in page.text_content("#predict-error") and fake.requests == []
+    page.fill("#text-input", "[[1, 2], [3, 4]]")
+    page.click("#predict-button")
+    page.wait_for_selector("svg.spark")  # a list of numbers is drawn as a line
+    assert fake.requests == [("/runs/arr/predict", {"inputs": [[[1, 2], [3, 4]]]})]
+    assert page.text_content("#predict-error") == ""
+    browser_page.assert_no_errors()
+
+
+EVERY_KIND = [
+    run_info("digits", "classify", "image", ["predict", "explain"], class_names=list("0123456789"),
+             image={"channels": 1, "height": 28, "width": 28}),
+    run_info("sst2", "sequence_classify", "text", ["predict"], class_names=["negative", "positive"]),
+    run_info("fsdd", "sequence_classify", "audio", ["predict"], class_names=list("0123456789")),
+    TABLE_RUN,
+    run_info("etth1", "regress", "timeseries", ["predict", "explain"]),
+    run_info("arr", "regress", "array", ["predict"]),
+    run_info("ml", "rating", "ratings", ["recommend"]),
+    run_info("gan", "gan", "image", ["predict", "generate"], generate={
+        "kind": "image", "conditional": True, "class_names": ["a", "b"], "defaults": {"n": 16, "seed": 0}}),
+    run_info("lm", "language_model", "none", ["generate", "stream"], generate={
+        "kind": "text", "conditional": False, "class_names": [], "defaults": {"max_new_tokens": 200, "temperature": 1.0}}),
+]
+
+# Form controls without a label, and ids used twice: both should be empty.
+UNLABELLED_AND_DUPLICATES = """() => {
+  const controls = [...document.querySelectorAll('input, select, textarea')];
+  const unlabelled = controls.filter(c => !c.labels.length && !c.getAttribute('aria-label')).map(c => c.id || c.name);
+  const ids = [...document.querySelectorAll('[id]')].map(e => e.id);
+  return [unlabelled, ids.filter((id, i) => ids.indexOf(id) !== i)];
+}"""
+
+
+def test_every_run_kind_has_its_panel_with_labelled_controls(browser_page):
+    FakeApi(browser_page.page, {"runs": EVERY_KIND, "limits": LIMITS}, {})
+    page = browser_page.page
+    panels = {"digits": ["#drop-zone"], "sst2": ["#text-input"], "fsdd": ["#drop-zone"], "houses": ["#table-form"],
+              "etth1": ["#csv-file"], "arr": ["#text-input"], "ml": ["#recommend-form"],
+              "gan": ["#gen-class", "#drop-zone"], "lm": ["#prompt", "#stream-output"]}
+    for name, selectors in panels.items():
+        page.select_option("#run-select", name)
+        page.wait_for_function("n => document.querySelector('#run-name')?.textContent === n", arg=name)
+        for selector in selectors:
+            assert page.locator(selector).count() == 1, (name, selector)
+        assert page.evaluate(UNLABELLED_AND_DUPLICATES) == [[], []], name
+        assert page.title() == f"{name} · strata serve"
+    browser_page.assert_no_errors()
