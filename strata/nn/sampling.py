@@ -17,6 +17,8 @@ The model protocol the loop (and the `language_model` task) relies on
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -51,8 +53,11 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
 @torch.no_grad()
 def generate_tokens(model: nn.Module, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                     top_k: int | None = None, top_p: float | None = None,
-                    generator: torch.Generator | None = None, eos_id: int | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, eos_id: int | None = None,
+                    on_token: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """Continue `ids` (B, T) by `max_new_tokens` tokens -> (B, T + new) (fewer if every row hit eos).
+    `on_token(next_ids)` (B,) is called as each token is drawn, for streaming; an exception it raises
+    stops the generation.
 
     The prompt runs once; after that only the newest token is fed, with the model's state. A model
     with a finite `context_size` is restarted on the last `context_size` tokens (state=None) whenever
@@ -71,6 +76,8 @@ def generate_tokens(model: nn.Module, ids: torch.Tensor, max_new_tokens: int, te
             nxt = nxt.masked_fill(done, eos_id)
             done = done | (nxt == eos_id)
         out = torch.cat([out, nxt[:, None]], dim=1)
+        if on_token is not None:
+            on_token(nxt)
         if eos_id is not None and bool(done.all()):
             break
         if context is not None and seen + 1 > context:

@@ -91,10 +91,13 @@ def schema(model: type[BaseModel]) -> dict:
 
 
 def _field(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "body"
+    """pydantic's error location -> `inputs[2]`; the tags of union members (`user.str`) are left out."""
+    out = str(loc[0]) if loc else "body"
+    for part in loc[1:]:
+        if not isinstance(part, int):
+            break
+        out += f"[{part}]"
+    return out
 
 
 def parse(model: type[BaseModel], data: Any) -> Any:
@@ -105,7 +108,8 @@ def parse(model: type[BaseModel], data: Any) -> Any:
     except ValidationError as e:
         err = e.errors()[0]
         where = _field(tuple(err["loc"]))
-        msg = err["msg"]
+        # a union (str | int) fails once per member: say every way it could have been right
+        msg = " or ".join(dict.fromkeys(x["msg"] for x in e.errors() if _field(tuple(x["loc"])) == where))
         if err["type"] == "extra_forbidden":
             fields = ", ".join(f.alias or n for n, f in model.model_fields.items())
             msg = f"unknown field; this endpoint takes {fields}"

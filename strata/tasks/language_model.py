@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +98,29 @@ def check_request(request: dict, defaults: LanguageModelConfig) -> dict:
     return r
 
 
+class TextStream:
+    """New tokens of the first sample -> the text they add, piece by piece. A token may end inside a
+    character (byte-level BPE), so a piece is given only once its text is settled: the decoded text so far,
+    less a trailing replacement character, when it extends what was already given."""
+
+    def __init__(self, tok, on_text: Callable[[str], None]):
+        self.tok, self.on_text = tok, on_text
+        self.ids: list[int] = []
+        self.given = ""
+
+    def add(self, next_ids: torch.Tensor) -> None:
+        self.ids.append(int(next_ids[0]))
+        self._give(self.tok.decode(self.ids).rstrip("\ufffd"))
+
+    def finish(self) -> None:
+        self._give(self.tok.decode(self.ids))
+
+    def _give(self, text: str) -> None:
+        if len(text) > len(self.given) and text.startswith(self.given):
+            self.on_text(text[len(self.given):])
+            self.given = text
+
+
 @TASKS.register("language_model")
 class LanguageModel(Task):
     Config = LanguageModelConfig
@@ -156,7 +180,9 @@ class LanguageModel(Task):
         return getattr(self.model, "context_size", None) or self.info.get("block_size")
 
     @torch.no_grad()
-    def generate(self, request: dict, run_dir) -> dict:
+    def generate(self, request: dict, run_dir, on_text: Callable[[str], None] | None = None) -> dict:
+        """`strata generate`; `on_text(piece)` receives the first sample's new text as it is drawn (the
+        pieces join to its text after the prompt), for a server that streams it."""
         r = check_request(request, self.cfg)
         tok = load_tokenizer(run_dir)
         prompt = r["prompt"]
@@ -179,11 +205,15 @@ class LanguageModel(Task):
         self.eval()
         try:
             start = torch.tensor([ids] * r["n"], dtype=torch.long, device=device)  # (n, T)
+            stream = TextStream(tok, on_text) if on_text is not None else None
             out = generate_tokens(self.model, start, r["max_new_tokens"], r["temperature"], r["top_k"],
-                                  r["top_p"] if r["top_p"] < 1 else None, generator)
+                                  r["top_p"] if r["top_p"] < 1 else None, generator,
+                                  on_token=stream.add if stream is not None else None)
         finally:
             self.train(was_training)
         samples = [prompt + tok.decode(row[len(ids):].tolist()) for row in out]
+        if stream is not None:
+            stream.finish()
         result = {"text": samples[0], "prompt": prompt, "new_tokens": r["max_new_tokens"], "seed": seed,
                   "temperature": r["temperature"], "top_k": r["top_k"], "top_p": r["top_p"]}
         if r["n"] > 1:

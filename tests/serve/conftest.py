@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -44,19 +45,51 @@ def session_mirror(strata_home) -> Iterator[str]:
         yield where
 
 
-def train_tiny(tmp_path_factory, recipe: str, name: str, *overrides: str) -> Path:
-    """A run trained in-process from a recipe with small overrides; returns its folder."""
+def train_tiny(tmp_path_factory, config, name: str, *overrides: str) -> Path:
+    """A run trained in-process from a recipe (a file in recipes/) or a config dict; returns its folder."""
     from strata.api import train
 
     run_dir = tmp_path_factory.mktemp("runs") / name
-    train(REPO / "recipes" / recipe, list(overrides), run_dir=run_dir, device="cpu")
+    train(REPO / "recipes" / config if isinstance(config, str) else config, list(overrides), run_dir=run_dir,
+          device="cpu")
     return run_dir
 
 
 @pytest.fixture(scope="session")
 def mnist_cnn_run(session_mirror, tmp_path_factory) -> Path:
-    """recipes/mnist-cnn.toml trained one epoch on 3,000 images (about 20 s on one core; ~80 % test accuracy)."""
-    return train_tiny(tmp_path_factory, "mnist-cnn.toml", "mnist-cnn", "data.limit=3000", "trainer.max_epochs=1")
+    """recipes/mnist-cnn.toml trained one epoch on 3,000 images (about 30 s on one core, the 10,000 test
+    images' evaluation included; ~80 % test accuracy)."""
+    return train_tiny(tmp_path_factory, "mnist-cnn.toml", "mnist-cnn", "data.limit=3000", "trainer.max_epochs=1",
+                      "data.val_fraction=0.02", "trainer.sanity_val_batches=0", "trainer.progress=off")
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(session_mirror, tmp_path_factory) -> dict[str, Path]:
+    """Runs trained for a few steps (about 20 s together), for what serving does with each kind of run:
+    lm (a char LSTM on tiny Shakespeare), gan (a class-conditional DCGAN on MNIST), ml (matrix
+    factorisation on MovieLens 100k), fsdd (a GRU on spoken digits)."""
+    quick = {"max_epochs": 1, "max_steps": 3, "progress": "off", "seed": 0, "sanity_val_batches": 0}
+    lm = {"name": "lm", "data": {"name": "shakespeare", "block_size": 32, "stride": 32, "batch_size": 16,
+                                 "limit": 200},
+          "model": {"name": "rnn_lm", "hidden": 32, "layers": 1, "dropout": 0.0}, "task": {"name": "language_model"},
+          "optimizer": {"name": "adamw", "lr": 3e-3}, "trainer": quick}
+    gan = {"name": "gan", "data": {"name": "mnist", "batch_size": 16, "limit": 64, "val_fraction": 0.01},
+           "model": {"name": "dcgan", "latent_dim": 16, "g_channels": 8, "d_channels": 8, "conditional": True},
+           "task": {"name": "gan"}, "optimizer": {"name": "adam", "lr": 2e-4, "betas": [0.5, 0.999]},
+           "trainer": quick}
+    return {"lm": train_tiny(tmp_path_factory, lm, "lm"), "gan": train_tiny(tmp_path_factory, gan, "gan"),
+            "ml": train_tiny(tmp_path_factory, "movielens-mf.toml", "ml", "trainer.max_epochs=1",
+                             "trainer.max_steps=3", "model.dim=8"),
+            "fsdd": train_tiny(tmp_path_factory, "fsdd-gru.toml", "fsdd", "trainer.max_epochs=1", "trainer.max_steps=2",
+                               "model.hidden=8", "model.layers=1", "data.limit=64")}
+
+
+def spoken_digit(index: int = 0) -> tuple[bytes, str]:
+    """A recording of the Free Spoken Digit Dataset as .wav bytes, and its file name (its digit first)."""
+    from strata.data import DATASETS
+
+    path = sorted(DATASETS.get("fsdd").recordings())[index]
+    return path.read_bytes(), path.name
 
 
 def mnist_digit(index: int = 0) -> tuple[bytes, int]:
@@ -89,7 +122,8 @@ def _healthy(url: str) -> bool:
 def running_server(run_dirs, *extra_args: str, env: dict | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """`python -m strata serve RUN_DIR... --port <free> EXTRA_ARGS` on 127.0.0.1 with one torch thread;
     yields (base URL, the process) once /health answers, and stops it (SIGINT, then kill) afterwards.
-    The server's output goes to a log file whose text is shown when it fails to start."""
+    The server's output goes to a log file: shown when it fails to start, and kept as `proc.output`
+    (with `proc.returncode`) once it has stopped."""
     port = free_port()
     cmd = [sys.executable, "-m", "strata", "serve", *map(str, run_dirs), "--port", str(port), *extra_args]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -106,12 +140,14 @@ def running_server(run_dirs, *extra_args: str, env: dict | None = None) -> Itera
             yield url, proc
         finally:
             if proc.poll() is None:
-                proc.send_signal(2)  # SIGINT: Ctrl-C
+                proc.send_signal(signal.SIGINT)  # Ctrl-C
                 try:
                     proc.wait(timeout=15)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+            log.seek(0)
+            proc.output = log.read()
 
 
 @pytest.fixture(scope="session")
