@@ -1,9 +1,11 @@
 """The web page of `strata serve` (strata/serve/page.html) in a real browser: headless Chromium.
 
-Against the real server: an MNIST CNN run classifies an uploaded MNIST test digit, with probability bars
-and the explanation heatmap; a tiny language model's text grows on the page as it streams; a tiny DCGAN
-draws samples. Against a scripted stand-in for the API (Playwright answers the page's requests): the
-panels of the other run kinds (text, audio, table, ratings), the run picker, and errors shown inline.
+Against the real server (one `strata serve` of five runs, chosen with the page's run picker): an MNIST
+CNN classifies an uploaded MNIST test digit, with probability bars and the explanation heatmap; a tiny
+language model's text grows on the page as it streams; a tiny conditional DCGAN draws samples of a
+class; a matrix factorisation lists a user's recommendations; a GRU classifies a spoken digit. Against
+a scripted stand-in for the API (Playwright answers the page's requests): every run kind's panel
+(text, table, time series, arrays too), what the page sends, and errors shown inline.
 Every test also asserts the page logged no console errors and threw nothing.
 
 STRATA_SCREENSHOT=1 writes docs/serve-page.png (the MNIST page with its prediction and heatmap)."""
@@ -59,9 +61,17 @@ def wait_caption(page, label: str) -> None:
 # --- against the real server ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def mnist_server(mnist_cnn_run, serve_process):
-    with serve_process([mnist_cnn_run]) as (url, _):
+def server(mnist_cnn_run, tiny_runs, serve_process):
+    """One `strata serve` of the MNIST CNN and the tiny runs (lm, gan, ml, fsdd): the page's run picker."""
+    with serve_process([mnist_cnn_run, *tiny_runs.values()]) as (url, _):
         yield url
+
+
+def open_run(browser_page, url: str, name: str):
+    page = browser_page.page
+    page.goto(f"{url}/#run={name}")
+    page.wait_for_function("n => document.querySelector('#run-name')?.textContent === n", arg=name)
+    return page
 
 
 def right_digit(url: str, digit_png) -> tuple[bytes, int]:
@@ -73,11 +83,9 @@ def right_digit(url: str, digit_png) -> tuple[bytes, int]:
     pytest.fail("the MNIST run gets none of the first 20 test digits right")
 
 
-def test_an_uploaded_digit_is_classified_and_explained(browser_page, mnist_server, digit_png):
-    png, label = right_digit(mnist_server, digit_png)
-    page = browser_page.page
-    page.goto(mnist_server + "/")
-    assert page.is_hidden("#run-picker")  # one run: no picker
+def test_an_uploaded_digit_is_classified_and_explained(browser_page, server, digit_png):
+    png, label = right_digit(server, digit_png)
+    page = open_run(browser_page, server, "mnist-cnn")
     upload(page, "digit.png", "image/png", png)
     page.wait_for_selector("#prediction-label")
     assert page.text_content("#prediction-label").strip() == str(label)
@@ -107,19 +115,6 @@ def save_screenshot(page, out: Path) -> None:
     shot.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
 
 
-@pytest.fixture(scope="module")
-def lm_run(session_mirror, tmp_path_factory):
-    """A character LSTM trained on 500 windows of tiny-shakespeare for one epoch (a few seconds)."""
-    from strata.api import train
-
-    config = {"name": "lm", "data": {"name": "shakespeare", "block_size": 64, "stride": 64, "batch_size": 32,
-                                     "limit": 500},
-              "model": {"name": "rnn_lm", "hidden": 64, "layers": 1, "dropout": 0.0},
-              "task": {"name": "language_model"}, "optimizer": {"name": "adamw", "lr": 3e-3},
-              "trainer": {"max_epochs": 1, "progress": "off", "device": "cpu", "seed": 0}}
-    return train(config, run_dir=tmp_path_factory.mktemp("runs") / "lm").run_dir
-
-
 # Records every length #stream-output's text takes, as the page writes it (one record per change).
 RECORD_LENGTHS = """() => {
   window.lengths = [];
@@ -129,21 +124,51 @@ RECORD_LENGTHS = """() => {
 }"""
 
 
-def test_language_model_text_streams_onto_the_page(browser_page, lm_run, serve_process):
-    with serve_process([lm_run]) as (url, _):
-        page = browser_page.page
-        page.goto(url + "/")
-        page.fill("#prompt", "ROMEO:")
-        page.fill("#max-tokens", "300")
-        page.evaluate(RECORD_LENGTHS)
-        page.click("#generate-button")
-        page.wait_for_selector("#stream-output[data-state=done]", timeout=60_000)
-        text = page.text_content("#stream-output")
-        lengths = page.evaluate("window.lengths")
-    assert text.strip() and page.text_content("#stream-prompt") == "ROMEO:"
+def test_language_model_text_streams_onto_the_page(browser_page, server):
+    page = open_run(browser_page, server, "lm")
+    page.fill("#prompt", "ROMEO:")
+    page.fill("#max-tokens", "300")
+    page.evaluate(RECORD_LENGTHS)
+    page.click("#generate-button")
+    page.wait_for_selector("#stream-output[data-state=done]", timeout=60_000)
+    assert page.text_content("#stream-output").strip() and page.text_content("#stream-prompt") == "ROMEO:"
+    lengths = page.evaluate("window.lengths")
     growing = {n for n, state in lengths if state == "streaming" and n > 0}
     assert len(growing) >= 2, f"the text did not grow in steps while streaming: {lengths[:20]}"
-    assert page.text_content("#lm-error") == ""
+    assert page.text_content("#lm-error") == "" and page.text_content("#lm-status").startswith("Done")
+    browser_page.assert_no_errors()
+
+
+def test_a_conditional_gan_draws_samples_of_the_chosen_class(browser_page, server):
+    page = open_run(browser_page, server, "gan")
+    assert page.locator("#run-select option").all_text_contents()[0].startswith("mnist-cnn")
+    page.select_option("#gen-class", "3")
+    page.fill("#gen-n", "4")
+    page.click("#draw-button")
+    wait_decoded(page, "[data-testid=sample]")
+    assert page.locator("[data-testid=sample]").count() == 4
+    assert page.get_attribute("[data-testid=sample]", "alt") == "sample 1 of class 3"
+    assert page.text_content("#generate-error") == ""
+    browser_page.assert_no_errors()
+
+
+def test_ratings_and_audio_runs(browser_page, server, session_mirror):
+    from strata.data import DATASETS
+
+    page = open_run(browser_page, server, "ml")
+    page.fill("#user-id", "1")
+    page.fill("#top-n", "5")
+    page.press("#user-id", "Enter")
+    page.wait_for_selector("[data-testid=recommendation]")
+    assert page.locator("[data-testid=recommendation]").count() == 5
+    page.select_option("#run-select", "fsdd")
+    wav = DATASETS.get("fsdd").recordings()[0]  # a recording of a spoken digit
+    upload(page, wav.name, "audio/wav", wav.read_bytes())
+    page.wait_for_selector("#prediction-label")
+    assert page.text_content("#prediction-label") in list("0123456789")
+    assert page.locator("[data-testid=prob-bar]").count() >= 3
+    assert page.get_attribute("#audio-preview", "src").startswith("data:audio/")
+    assert page.text_content("#predict-error") == ""
     browser_page.assert_no_errors()
 
 
@@ -189,6 +214,7 @@ def test_text_classifier_enter_predicts(browser_page):
             "limits": LIMITS}
     fake = FakeApi(browser_page.page, info, {"predict": classified(("positive", 0.91), ("negative", 0.09))})
     page = browser_page.page
+    assert page.is_hidden("#run-picker")  # one run: no picker
     page.fill("#text-input", "a gripping, funny film")
     page.press("#text-input", "Enter")
     page.wait_for_selector("#prediction-label")
