@@ -225,6 +225,43 @@ def test_text_classifier_enter_predicts(browser_page):
     browser_page.assert_no_errors()
 
 
+# Dispatches a drop (on the drop zone) or a paste (on the page) of a file made from base64 bytes.
+DROP_OR_PASTE = """([how, b64, name, type]) => {
+  const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+  const dt = new DataTransfer();
+  dt.items.add(new File([bytes], name, {type}));
+  if (how === 'drop') document.querySelector('#drop-zone').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+  else document.body.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt, bubbles: true, cancelable: true}));
+}"""
+
+
+def test_an_image_can_be_dropped_or_pasted_and_oversized_files_are_refused(browser_page):
+    from PIL import Image
+
+    info = {"runs": [run_info("digits", "classify", "image", ["predict"], class_names=list("0123456789"),
+                              image={"channels": 1, "height": 28, "width": 28})],
+            "limits": {**LIMITS, "max_body_bytes": 20_000}}
+    fake = FakeApi(browser_page.page, info, {"predict": classified(("3", 0.6), ("5", 0.3), ("8", 0.1))})
+    page = browser_page.page
+    buf = io.BytesIO()
+    Image.new("L", (28, 28), 90).save(buf, format="PNG")
+    png = base64.b64encode(buf.getvalue()).decode()
+    for how in ("drop", "paste"):
+        page.evaluate(DROP_OR_PASTE, [how, png, f"{how}.png", "image/png"])
+        page.wait_for_function("n => document.querySelectorAll('[data-testid=prob-bar]').length === 3")
+        assert fake.requests[-1][1] == {"inputs": ["data:image/png;base64," + png]}
+        page.evaluate("() => document.querySelector('#result').replaceChildren()")
+    noise = Image.frombytes("L", (200, 200), os.urandom(40_000))  # a PNG of ~40 KB, over the 20 KB limit
+    buf = io.BytesIO()
+    noise.save(buf, format="PNG")
+    upload(page, "big.png", "image/png", buf.getvalue())
+    page.wait_for_function("() => document.querySelector('#predict-error').textContent.includes('up to 20 KiB')")
+    page.evaluate(DROP_OR_PASTE, ["drop", base64.b64encode(b"%PDF-1.4").decode(), "notes.pdf", "application/pdf"])
+    assert "not an image" in page.text_content("#predict-error")
+    assert len(fake.requests) == 2  # neither the big file nor the PDF was sent
+    browser_page.assert_no_errors()
+
+
 def wav_bytes(seconds: float = 0.2, rate: int = 8000) -> bytes:
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
