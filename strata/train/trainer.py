@@ -36,6 +36,7 @@ from strata.train.checkpoint import (check_compatible, load_checkpoint, rng_stat
                                      surviving_checkpoint, weights_sha256)
 from strata.train.distributed import Dist
 from strata.train.evaluation import evaluate
+from strata.train.host_memory import keep_freed_buffers
 from strata.train.loader import EpochBatches
 from strata.train.nonfinite import NonFiniteGuard
 from strata.train.optim import build_optimizer, build_schedule
@@ -107,6 +108,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         seed_everything(t.seed)
+        keep_freed_buffers()  # each step's freed gradients and activations are reused, not faulted in again
         self.bundle = self._bundle if self._bundle is not None else load_data(cfg.data)
         self.info = dict(self.bundle.info)
         self.task = build_within_memory(cfg, self.info, self.device).to(self.device)

@@ -1,0 +1,275 @@
+"""Speed against the peers: a plain PyTorch loop, strata, PyTorch Lightning and Keras 3 (torch backend)
+train the same model on the same in-memory MNIST tensors, with the same batch, number of steps,
+optimiser (AdamW, lr 1e-3, weight decay 0.01, constant schedule) and seed, in alternating rounds in
+one process; prints each one's median time, its per-step overhead over the plain loop and its ratio.
+
+Models: the MNIST MLP recipe's network (784-1024-1024-10, dropout 0.2), a small CNN (two 3x3 conv
+stages of 16 and 32 channels, max pooling, a linear head) and a tiny linear model (784-10), where the
+per-step cost of the framework matters most. Every framework trains the very same torch module from the
+same initial weights (Keras through keras.layers.TorchModuleWrapper).
+
+What each is set to (each one's ordinary `fit`, with the display and files a run leaves turned off where
+the framework allows it):
+- plain: shuffled index batches of the tensors, forward, cross-entropy, zero_grad, backward, step.
+- strata: `strata.fit(model, (x, y), val_split=0, verbose=0)`: no progress display; it still writes its
+  run folder (config, metrics.jsonl and metrics.csv, and the final checkpoint).
+- Lightning: `Trainer(enable_progress_bar=False, logger=False, enable_checkpointing=False,
+  enable_model_summary=False)` on a DataLoader of a TensorDataset (batch 128, shuffled).
+- Keras: `model.fit(x, y, batch_size=128, epochs=1, verbose=0, shuffle=True)` on NumPy arrays.
+
+`--cold` adds the first epoch of a new process (what every `strata train` is) for plain and strata:
+each in its own fresh interpreter, alternating, with its wall time and minor page faults.
+
+    pip install -e '.[peers]'    # Lightning and Keras: only for this benchmark, never for the tests
+    STRATA_DATA_MIRROR=... OMP_NUM_THREADS=1 python benchmarks/peers.py [--rounds 5] [--steps 400] [--cold]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "torch")  # before keras is imported: Keras 3 on PyTorch
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+LR, WD, BATCH = 1e-3, 0.01, 128
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 1024), nn.ReLU(), nn.Dropout(0.2), nn.Linear(1024, 1024),
+                         nn.ReLU(), nn.Dropout(0.2), nn.Linear(1024, 10))
+
+
+def cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (16, 14, 14)
+                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (32, 7, 7)
+                         nn.Flatten(), nn.Linear(32 * 7 * 7, 10))
+
+
+def linear() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+
+
+MODELS = {"mlp": mlp, "cnn": cnn, "linear": linear}
+
+
+def mnist(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n MNIST training images, (n, 1, 28, 28) float32 normalised, and their labels."""
+    from strata.build import load_config
+    from strata.data import load_data
+
+    cfg = load_config(Path(__file__).resolve().parent.parent / "recipes" / "mnist-mlp.toml", ["data.val_fraction=0"])
+    train = load_data(cfg.data).train.tensors
+    return train["x"][:n].contiguous(), train["y"][:n].contiguous()
+
+
+def timed(fn):
+    def run(*args):
+        t0 = time.perf_counter()
+        fn(*args)
+        return time.perf_counter() - t0
+    return run
+
+
+@timed
+def plain(model: nn.Module, x, y, seed: int) -> None:
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
+    model.train()
+    perm = torch.randperm(len(x))
+    for i in range(0, len(x), BATCH):
+        idx = perm[i:i + BATCH]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+@timed
+def strata_fit(model: nn.Module, x, y, seed: int) -> None:
+    import strata
+
+    with tempfile.TemporaryDirectory() as tmp:
+        strata.fit(model, (x, y), epochs=1, batch_size=BATCH, lr=LR, weight_decay=WD, val_split=0, seed=seed,
+                   run_dir=Path(tmp) / "run", device="cpu", verbose=0)
+
+
+@timed
+def lightning(model: nn.Module, x, y, seed: int) -> None:
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def training_step(self, batch, _):
+            xb, yb = batch
+            return F.cross_entropy(self.model(xb), yb)
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=LR, weight_decay=WD)
+
+    L.seed_everything(seed, verbose=False)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, enable_progress_bar=False, logger=False,
+                        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(Module(), DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True))
+
+
+@timed
+def keras_fit(model: nn.Module, x, y, seed: int) -> None:
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=tuple(x.shape[1:]))
+    net = keras.Model(inputs, keras.layers.TorchModuleWrapper(model, output_shape=(None, 10))(inputs))
+    net.compile(optimizer=keras.optimizers.AdamW(learning_rate=LR, weight_decay=WD, epsilon=1e-8),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    net.fit(x.numpy(), y.numpy(), batch_size=BATCH, epochs=1, verbose=0, shuffle=True)
+
+
+FRAMEWORKS = {"plain": plain, "strata": strata_fit, "lightning": lightning, "keras": keras_fit}
+
+
+def quiet_peers() -> None:
+    """The peers' banners and tips are not results."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("lightning", "pytorch_lightning")):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def available(names: list[str]) -> list[str]:
+    out = []
+    for name in names:
+        module = {"lightning": "lightning", "keras": "keras"}.get(name)
+        try:
+            if module:
+                __import__(module)
+            out.append(name)
+        except ImportError:
+            print(f"{name}: not installed (pip install -e '.[peers]'); left out", flush=True)
+    return out
+
+
+def compare(model_name: str, x, y, names: list[str], rounds: int, short: int) -> dict[str, dict[str, float]]:
+    """Median seconds of a run of len(x) examples and of its first `short` batches, per framework."""
+    torch.manual_seed(0)
+    initial = MODELS[model_name]()
+    fresh = lambda: copy.deepcopy(initial)  # noqa: E731  the same initial weights for every framework
+    xs, ys = x[: short * BATCH], y[: short * BATCH]
+    for name in names:  # warm-up: imports, kernels, the allocator
+        FRAMEWORKS[name](fresh(), xs, ys, 0)
+    times: dict[str, dict[str, list[float]]] = {n: {"full": [], "short": []} for n in names}
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]  # alternate, so drift in the machine's speed cancels
+        for name in order:
+            times[name]["full"].append(FRAMEWORKS[name](fresh(), x, y, r))
+            times[name]["short"].append(FRAMEWORKS[name](fresh(), xs, ys, r))
+        print(f"  round {r + 1}: " + "  ".join(f"{n} {times[n]['full'][-1]:.3f}s" for n in names), flush=True)
+    return {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
+
+
+def report(model_name: str, medians: dict[str, dict[str, float]], steps: int, short: int, params: int) -> list[dict]:
+    """Ratio of whole runs; per-step cost as the slope between the short and the full run (so a run's
+    fixed costs, such as writing its folder, do not count per step), and those fixed costs."""
+    def per_step(m):
+        return (m["full"] - m["short"]) / (steps - short)
+
+    base = medians["plain"]
+    print(f"{model_name} ({params:,} parameters), {steps} steps of {BATCH}, medians:")
+    rows = []
+    for name, m in medians.items():
+        over = (per_step(m) - per_step(base)) * 1e6
+        fixed = m["full"] - per_step(m) * steps
+        rows.append({"model": model_name, "framework": name, "seconds": round(m["full"], 4),
+                     "ratio": round(m["full"] / base["full"], 3), "us_per_step": round(per_step(m) * 1e6, 1),
+                     "overhead_us_per_step": round(over, 1), "fixed_seconds": round(fixed, 3)})
+        print(f"  {name:<10} {m['full']:7.3f} s  ratio {m['full'] / base['full']:5.3f}  {per_step(m) * 1e6:8.1f} us/step "
+              f"(overhead {over:+7.1f})  fixed {fixed:+.3f} s")
+    return rows
+
+
+COLD = r"""
+import json, resource, sys, time, tempfile
+sys.path.insert(0, sys.argv[3])
+import torch, peers
+x, y = peers.mnist(int(sys.argv[2]))
+torch.manual_seed(0)
+model = peers.mlp()
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+t = peers.FRAMEWORKS[sys.argv[1]](model, x, y, 0)
+print(json.dumps({"seconds": t, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0}))
+"""
+
+
+def cold(examples: int, rounds: int) -> list[dict]:
+    """The first epoch of the MLP in a new interpreter, plain and strata alternating."""
+    here = str(Path(__file__).resolve().parent)
+    runs: dict[str, list[dict]] = {"plain": [], "strata": []}
+    for r in range(rounds):
+        for name in (["plain", "strata"] if r % 2 == 0 else ["strata", "plain"]):
+            out = subprocess.run([sys.executable, "-c", COLD, name, str(examples), here], capture_output=True,
+                                 text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
+            if out.returncode != 0:
+                raise SystemExit(f"cold {name} failed:\n{out.stderr}")
+            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    med = {n: (statistics.median(v["seconds"] for v in rs), statistics.median(v["faults"] for v in rs))
+           for n, rs in runs.items()}
+    print(f"cold first epoch of the MLP ({examples} examples) in a new process, median of {rounds}:")
+    for n, (s, f) in med.items():
+        print(f"  {n:<10} {s:7.3f} s  ratio {s / med['plain'][0]:5.3f}  {f:,.0f} minor page faults")
+    return [{"model": "mlp", "framework": n, "cold_seconds": round(s, 3), "minor_faults": int(f)}
+            for n, (s, f) in med.items()]
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    ap.add_argument("--frameworks", nargs="+", choices=list(FRAMEWORKS), default=list(FRAMEWORKS))
+    ap.add_argument("--steps", type=int, default=400, help="optimiser steps per run")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--cold", action="store_true", help="also the first epoch of a new process (plain, strata)")
+    ap.add_argument("--out", type=Path, help="write the rows as JSON")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    names = available(["plain"] + [n for n in a.frameworks if n != "plain"])
+    quiet_peers()
+    x, y = mnist(a.steps * BATCH)
+    versions = {"torch": torch.__version__, "numpy": np.__version__}
+    for mod in ("lightning", "keras"):
+        if mod in names:
+            versions[mod] = __import__(mod).__version__
+    print(f"{len(x)} MNIST images in memory, batch {BATCH}, {a.steps} steps, {a.rounds} rounds, 1 thread; "
+          + ", ".join(f"{k} {v}" for k, v in versions.items()), flush=True)
+    rows = []
+    for m in a.models:
+        params = sum(p.numel() for p in MODELS[m]().parameters())
+        short = max(a.steps // 5, 2)
+        rows += report(m, compare(m, x, y, names, a.rounds, short), a.steps, short, params)
+    if a.cold:
+        rows += cold(a.steps * BATCH, a.rounds)
+    if a.out:
+        a.out.write_text(json.dumps({"versions": versions, "rows": rows}, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
