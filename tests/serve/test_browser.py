@@ -176,7 +176,8 @@ def test_ratings_and_audio_runs(browser_page, server, session_mirror):
 
 class FakeApi:
     """Answers the page's requests in the browser: `/` is page.html, `/info` is `info`, and
-    POST /runs/NAME/ACTION is answers[ACTION] (a dict, or a (status, dict) pair); requests are kept."""
+    POST /runs/NAME/ACTION is answers[ACTION] (a dict, a (status, dict) pair, or a list of dicts sent
+    as server-sent events); requests are kept."""
 
     def __init__(self, page, info: dict, answers: dict):
         self.info, self.answers, self.requests = info, answers, []
@@ -191,7 +192,11 @@ class FakeApi:
             return route.fulfill(json=self.info)
         action = path.split("/", 3)[3]
         self.requests.append((path, json.loads(route.request.post_data or "null")))
-        status, body = self.answers[action] if isinstance(self.answers[action], tuple) else (200, self.answers[action])
+        answer = self.answers[action]
+        if isinstance(answer, list):  # a stream of server-sent events, one per dict
+            events = "".join(f"data: {json.dumps(e)}\n\n" for e in answer)
+            return route.fulfill(body=events, content_type="text/event-stream")
+        status, body = answer if isinstance(answer, tuple) else (200, answer)
         return route.fulfill(status=status, json=body)
 
 
@@ -262,6 +267,28 @@ def test_an_image_can_be_dropped_or_pasted_and_oversized_files_are_refused(brows
     browser_page.assert_no_errors()
 
 
+LM_RUN = run_info("lm", "language_model", "none", ["generate", "stream"], generate={
+    "kind": "text", "conditional": False, "class_names": [], "defaults": {"max_new_tokens": 200, "temperature": 1.0}})
+
+
+def test_a_stream_is_joined_and_an_error_inside_it_is_shown(browser_page):
+    answers = {"generate/stream": [{"text": "Wh"}, {"text": "at, "}, {"text": "ho!"}, {"done": True, "seed": 7}]}
+    fake = FakeApi(browser_page.page, {"runs": [LM_RUN], "limits": LIMITS}, answers)
+    page = browser_page.page
+    page.fill("#prompt", "ROMEO:")
+    page.fill("#temperature", "")  # left out: the run's default
+    page.press("#prompt", "Control+Enter")
+    page.wait_for_selector("#stream-output[data-state=done]")
+    assert page.text_content("#stream-output") == "What, ho!" and page.text_content("#lm-status") == "Done: seed 7."
+    assert fake.requests[0] == ("/runs/lm/generate/stream", {"prompt": "ROMEO:", "max_new_tokens": 200})
+    answers["generate/stream"] = [{"text": "Wh"}, {"error": "timed out after 30 s; ask for fewer tokens", "done": True}]
+    page.click("#generate-button")
+    page.wait_for_selector("#stream-output[data-state=failed]")
+    assert page.text_content("#lm-error") == "timed out after 30 s; ask for fewer tokens"
+    assert page.is_disabled("#stop-button") and page.is_enabled("#generate-button")
+    browser_page.assert_no_errors()
+
+
 def wav_bytes(seconds: float = 0.2, rate: int = 8000) -> bytes:
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
@@ -311,7 +338,7 @@ def test_table_form_from_columns_and_a_pasted_csv_row(browser_page):
 
 
 def test_errors_are_shown_inline_and_name_the_field(browser_page):
-    error = (422, {"error": "column 'area': 'big' is not a number", "field": "area"})
+    error = (400, {"error": "inputs[0].area: must be a finite number, got inf", "field": "inputs[0].area"})
     FakeApi(browser_page.page, {"runs": [TABLE_RUN], "limits": LIMITS}, {"predict": error})
     page = browser_page.page
     page.fill("#col-2", "7")
@@ -319,11 +346,11 @@ def test_errors_are_shown_inline_and_name_the_field(browser_page):
     page.click("#csv-fill")
     assert "reads 3 columns" in page.text_content("#predict-error")
     page.click("#predict-button")
-    page.wait_for_function("() => document.querySelector('#predict-error').textContent.includes('not a number')")
+    page.wait_for_function("() => document.querySelector('#predict-error').textContent.includes('finite number')")
     assert page.get_attribute("#predict-error", "role") == "alert"
     assert page.get_attribute("#col-2", "aria-invalid") == "true"
-    # the browser logs the 422 itself; nothing else may appear
-    assert all("status of 422" in e for e in browser_page.errors), browser_page.errors
+    # the browser logs the 400 itself; nothing else may appear
+    assert all("status of 400" in e for e in browser_page.errors), browser_page.errors
 
 
 def test_image_generator_draws_samples_of_a_class(browser_page, tmp_path):
@@ -392,8 +419,7 @@ EVERY_KIND = [
     run_info("ml", "rating", "ratings", ["recommend"]),
     run_info("gan", "gan", "image", ["predict", "generate"], generate={
         "kind": "image", "conditional": True, "class_names": ["a", "b"], "defaults": {"n": 16, "seed": 0}}),
-    run_info("lm", "language_model", "none", ["generate", "stream"], generate={
-        "kind": "text", "conditional": False, "class_names": [], "defaults": {"max_new_tokens": 200, "temperature": 1.0}}),
+    LM_RUN,
 ]
 
 # Form controls without a label, and ids used twice: both should be empty.
