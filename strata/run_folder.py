@@ -8,6 +8,7 @@
     checkpoints/last/  the newest state, for --resume (see strata/train/checkpoint.py)
     checkpoints/best/  the weights with the best validation value of trainer.monitor
     tensorboard/       event files, with [trainer] tensorboard = true
+    export/            `strata export`: model.onnx or model.pt2, each with <name>.json (its preprocessing)
     <artefacts>        files a data set saves for later use (a tokenizer, target statistics)
     .strata-run        marks the folder as strata's; locked while a process trains into it
 
@@ -53,6 +54,7 @@ class RunFolder:
         self.metrics_csv = self.path / "metrics.csv"
         self.summary = self.path / "summary.json"
         self.tensorboard = self.path / "tensorboard"
+        self.export = self.path / "export"
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -63,6 +65,10 @@ class RunFolder:
     # --- where things are ---------------------------------------------------------------------------
     def artefact(self, name: str) -> Path:
         return self.path / name
+
+    def export_file(self, suffix: str) -> Path:
+        """export/model<suffix> (".onnx", ".pt2"), the default of `strata export`."""
+        return self.export / f"model{suffix}"
 
     def checkpoint(self, which: str = "last") -> Path:
         """checkpoints/<which>: 'last' (resume) or 'best' (model selection)."""

@@ -66,7 +66,7 @@ class MLPDecoder(nn.Module):
         self.net = mlp([latent, *reversed(hidden), math.prod(out_shape)], act_last=False)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z).view(len(z), *self.out_shape)  # (B, *in_shape)
+        return self.net(z).view(z.shape[0], *self.out_shape)  # (B, *in_shape); shape[0]: the batch stays free under export
 
 
 class ConvEncoder(nn.Module):
@@ -98,7 +98,7 @@ class ConvDecoder(nn.Module):
         self.convs = nn.Sequential(*ups, last)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.fc(z).view(len(z), *self.feat_shape)  # (B, C', H', W')
+        h = self.fc(z).view(z.shape[0], *self.feat_shape)  # (B, C', H', W'); shape[0]: the batch stays free under export
         return self.convs(h)
 
 

@@ -166,6 +166,14 @@ class RNNClassifier(nn.Module):
                 z = out.masked_fill(~mask, float("-inf")).amax(1)
         return self.head(self.drop(z))
 
+    def for_export(self) -> "RNNClassifier":
+        """A copy computing the same function without packed sequences (Unpacked, below), for export."""
+        import copy
+
+        twin = copy.deepcopy(self).eval()
+        twin.encoder = Unpacked(self.encoder)
+        return twin
+
 
 # ---------------------------------------------------------------------------------------------
 # Language model
@@ -230,3 +238,53 @@ PRESETS = {
                                                        embed_dim=256, vocab_size=8000, num_classes=2,
                                                        pool="max"), 3_101_698),
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+
+
+class Unpacked(nn.Module):
+    """The function of a Recurrent called with lengths, without packed sequences (which ONNX and
+    torch.export cannot hold): one single-layer cell per layer and direction, holding the trained
+    weights. The forward direction runs over the padded batch (padding comes after each sequence, so
+    it never reaches a valid step); the backward direction runs over each sequence reversed within
+    its own length. Outputs at padding are 0 and the state is each sequence's at its own last step,
+    as with packing."""
+
+    def __init__(self, rec: Recurrent):
+        super().__init__()
+        self.cell, self.layers, self.directions = rec.cell, rec.layers, rec.directions
+        r = rec.rnn
+        self.cells = nn.ModuleList()
+        for layer in range(self.layers):
+            for suffix in ("", "_reverse")[: self.directions]:
+                w_ih = getattr(r, f"weight_ih_l{layer}{suffix}")
+                one = CELLS[self.cell](w_ih.shape[1], r.hidden_size, batch_first=True, bias=r.bias)
+                with torch.no_grad():
+                    for name in ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if r.bias else ()):
+                        getattr(one, f"{name}_l0").copy_(getattr(r, f"{name}_l{layer}{suffix}"))
+                self.cells.append(one)
+
+    last_hidden = Recurrent.last_hidden
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, state=None):
+        """x: (B, T, E), lengths (B,) in 1..T -> outputs (B, T, D*H) (0 at padding), state as Recurrent's
+        (an LSTM's cell state is not computed: None)."""
+        B, T = x.shape[:2]
+        rows = torch.arange(B, device=x.device)[:, None]  # (B, 1)
+        t = torch.arange(T, device=x.device)[None, :]  # (1, T)
+        last = lengths[:, None] - 1  # (B, 1)
+        mask = (t <= last)[..., None]  # (B, T, 1)
+        flip = torch.where(t <= last, last - t, t)  # (B, T): step t of the reversed sequence; an involution
+        finals = []
+        for layer in range(self.layers):
+            outs = []
+            for d in range(self.directions):
+                cell = self.cells[layer * self.directions + d]
+                out = cell(x if d == 0 else x[rows, flip])[0]  # (B, T, H)
+                finals.append(out[rows[:, 0], last[:, 0]])  # (B, H): the state after the last valid step
+                outs.append(out if d == 0 else out[rows, flip])
+            x = torch.cat(outs, dim=2) * mask  # (B, T, D*H)
+        h = torch.stack(finals)  # (layers*D, B, H)
+        return x, ((h, None) if self.cell == "lstm" else h)

@@ -102,6 +102,9 @@ class PairTask(Task):
     split = ""
     score_key = "score"
     input_key = "user"
+    export_refusal = ("a recommender answers from user and item ids through the rating table kept in the run "
+                      "folder (the items a user already rated), which is no part of a graph; use `strata predict "
+                      "RUN_DIR --user U` or `strata serve`")
 
     def __init__(self, cfg, model, info: dict):
         super().__init__(cfg, model, info)

@@ -19,6 +19,8 @@ Contract
   (collectives: every process calls them in the same order), so the figure covers the whole split.
 - `eval_module()` is the module used for evaluation and sampling (an EMA copy, for instance).
 - `predict_step(batch)` returns one JSON-able dict per example.
+- `export_graph(batch)` returns what `strata export` writes (strata/export/graph.py): a module of
+  plain tensors, its example inputs computed from the real `batch`, names, dynamic dimensions.
 """
 
 from __future__ import annotations
@@ -125,6 +127,17 @@ class Task(nn.Module):
 
     def explain_names(self) -> list[str]:
         return []
+
+    def export_graph(self, batch: dict):
+        """What `strata export` writes for this task: an ExportGraph (strata/export/graph.py) whose
+        example inputs come from `batch`, a real batch of the run's data. Tasks that have none say why."""
+        from strata.errors import StrataError
+
+        raise StrataError(f"this run's task ({type(self).__name__}) cannot be exported: {self.export_refusal}")
+
+    # Why `export_graph` has nothing to write, for tasks that do not override it.
+    export_refusal = ("it has no single forward pass from inputs to an answer that a standard file can hold; "
+                      "use the run with strata itself (`strata predict`, `strata serve`)")
 
     def example_input(self, batch: dict) -> Any:
         """The model input in a batch, for `strata summary`."""

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from strata.config import check
 from strata.errors import StrataError
+from strata.export.graph import ExportGraph, batch_only
 from strata.models import build_model
 from strata.tasks import TASKS
 from strata.tasks.base import Task
@@ -41,6 +42,12 @@ def top_k_predictions(logits: torch.Tensor, class_names: list[str], k: int) -> l
         top = [{"label": class_names[i], "index": i, "probability": round(p, 6)} for p, i in zip(ps, ids)]
         out.append({"label": top[0]["label"], "probability": top[0]["probability"], "top": top})
     return out
+
+
+def classes_postprocess(class_names: list[str], top_k: int) -> dict:
+    """How exported class logits become `strata predict`'s answer (top_k_predictions above)."""
+    return {"softmax": "logits", "class_names": list(class_names), "top_k": top_k, "round": 6,
+            "answer": "label: the most probable class; probability; top: the top_k classes"}
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,10 @@ class Classify(Task):
 
     def explain_names(self) -> list[str]:
         return self.class_names
+
+    def export_graph(self, batch):
+        return ExportGraph(self.model, (batch["x"],), ["x"], ["logits"], "class logits", batch_only(["x"]),
+                           postprocess=classes_postprocess(self.class_names, self.cfg.top_k))
 
     @torch.no_grad()
     def predictions(self, x: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from strata.config import check
 from strata.errors import StrataError
+from strata.export.graph import ExportGraph, batch_only
 from strata.nn.ema import ema_copy, ema_update_
 from strata.tasks import TASKS
 from strata.tasks import _imagegen as G
@@ -228,6 +229,25 @@ class Diffusion(Task):
             noise = torch.randn(x.shape[1:], generator=gen).to(x.device, x.dtype).expand_as(x)
             total += self._loss(self.ema, x, None, torch.full((len(x),), t, device=x.device), noise)
         return [{"denoising_error": round(float(v), 6)} for v in total / len(steps)]
+
+    def export_graph(self, batch: dict):
+        """The denoising step of the EMA U-Net: (x_t, t [, y]) -> predicted noise eps. Checked on real
+        images noised to steps spread over the schedule; a sampler (DDIM, DDPM) runs it in a loop."""
+        x = batch["x"]
+        b = len(x)
+        t = torch.linspace(0, self.cfg.timesteps - 1, b).long()
+        x_t = self.q_sample(x * 2 - 1, t, torch.randn_like(x))
+        y = self._labels(batch)
+        args, names = ((x_t, t, y), ["x_t", "t", "y"]) if self.conditional else ((x_t, t), ["x_t", "t"])
+        return ExportGraph(self.ema, args, names, ["eps"], "the U-Net's denoising step: (x_t, t) -> predicted noise",
+                           batch_only(names),
+                           preprocess={"type": "diffusion_step", "x_t": "noisy images in [-1, 1] (pixels x 2 - 1)",
+                                       "t": f"step index 0..{self.cfg.timesteps - 1}",
+                                       **({"y": {"class_names": self.class_names, "null_class": self.model.null_class}}
+                                          if self.conditional else {})},
+                           postprocess={"eps": "the predicted noise", "schedule": self.cfg.schedule,
+                                        "timesteps": self.cfg.timesteps,
+                                        "alphabar": [round(float(a), 10) for a in self.alphabar_f64]})
 
     def _sampling_options(self, request: dict) -> dict:
         G.reject(request, {

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from strata.config import check
 from strata.errors import StrataError
+from strata.export.graph import ExportGraph, Outputs, batch_only
 from strata.tasks import TASKS
 from strata.tasks import _imagegen as G
 from strata.tasks.base import Loss, Task
@@ -177,6 +178,19 @@ class GAN(Task):
         x = g(z, labels.to(dev) if labels is not None else None)
         g.train(was_training)
         return ((x.float() + 1) / 2).clamp(0, 1)
+
+    def export_graph(self, batch: dict):
+        """The generator: z (B, latent) [and class ids y (B,)] -> images in [0, 1]; z drawn from
+        N(0, I), y the real batch's labels."""
+        g = self.model.generator
+        z = torch.randn(len(batch["x"]), self.model.cfg.latent_dim)
+        y = self._labels(batch)
+        args, names = ((z, y), ["z", "y"]) if self.conditional else ((z,), ["z"])
+        return ExportGraph(Outputs(lambda *a: ((g(*a).float() + 1) / 2).clamp(0, 1), generator=g), args, names,
+                           ["image"], "the DCGAN generator: latent z -> image in [0, 1]", batch_only(names),
+                           preprocess={"type": "latent", "dim": self.model.cfg.latent_dim, "note": "z ~ N(0, I)",
+                                       **({"y": {"class_names": self.class_names}} if self.conditional else {})},
+                           postprocess={"image": "(B, C, H, W) in [0, 1]; x 255 for 8-bit pixels"})
 
     @torch.no_grad()
     def predict_step(self, batch: dict) -> list[dict]:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from strata.config import check
 from strata.errors import StrataError
+from strata.export.graph import ExportGraph, Outputs, batch_only
 from strata.models import build_model
 from strata.tasks import TASKS
 from strata.tasks.base import Task
@@ -217,6 +218,18 @@ class ReconstructTask(Task):
         return [{"anomaly_score": round(float(v), 6),
                  "threshold": round(t, 6) if known else None,
                  "anomalous": bool(v > t) if known else None} for v in s]
+
+    def export_graph(self, batch):
+        """The reconstruction and each input's anomaly score; the alarm threshold travels in the JSON."""
+        def outputs(x):
+            out = self.model(x)
+            return self.reconstruction(out), self.scores(x, out)
+
+        t = float(self.threshold)
+        return ExportGraph(Outputs(outputs, model=self.model), (batch["x"],), ["x"], ["reconstruction", "score"],
+                           "the reconstruction and the anomaly score (mean reconstruction error)", batch_only(["x"]),
+                           postprocess={"threshold": None if math.isnan(t) else t, "round": 6,
+                                        "answer": "anomaly_score: score; anomalous: score > threshold"})
 
     def generate(self, request: dict, run_dir) -> dict:
         raise StrataError("a 'reconstruct' run (autoencoder) does not sample new images; train a 'vae', 'gan' or "

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from strata.config import check
 from strata.errors import StrataError
+from strata.export.graph import ExportGraph, batch_only
 from strata.models import build_model
 from strata.tasks import TASKS
 from strata.tasks.base import Task
@@ -137,6 +138,13 @@ class Regress(Task):
 
     def explain_names(self) -> list[str]:
         return [f"output {i}" for i in range(self.cfg.num_outputs)]
+
+    def export_graph(self, batch):
+        """Predictions in the target's units (the standardisation and any baseline inside the graph)."""
+        return ExportGraph(self, (batch["x"],), ["x"], ["predictions"], "predictions in the target's units",
+                           batch_only(["x"]), postprocess={"answer": "prediction: the number (a list when there "
+                                                           "are several outputs)", "round": 6,
+                                                           "outputs": self.cfg.num_outputs})
 
     @torch.no_grad()
     def predict_step(self, batch):

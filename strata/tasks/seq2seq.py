@@ -73,6 +73,8 @@ def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:
 class Seq2Seq(Task):
     Config = Seq2SeqTaskConfig
     input_key = "src"
+    export_refusal = ("a translation is a beam search that calls the decoder once per output token, a loop with "
+                      "a data-dependent end that one exported graph does not hold; translate with `strata predict`")
 
     def __init__(self, cfg: Seq2SeqTaskConfig, model, info: dict):
         super().__init__(cfg, model, info)

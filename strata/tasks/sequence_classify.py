@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from strata.config import check
+from strata.export.graph import BATCH, SEQUENCE, ExportGraph
 from strata.models import build_model
 from strata.tasks import TASKS
 from strata.tasks.base import Task
-from strata.tasks.classify import top_k_predictions
+from strata.tasks.classify import classes_postprocess, top_k_predictions
 
 
 def spec_augment(x: torch.Tensor, lengths: torch.Tensor, freq_mask: int, time_mask: int) -> torch.Tensor:
@@ -104,3 +105,18 @@ class SequenceClassify(Task):
     def predict_step(self, batch):
         x, lengths = self.inputs(batch)
         return top_k_predictions(self.model(x, lengths), self.class_names, self.cfg.top_k)
+
+    def export_graph(self, batch):
+        """Class logits from (inputs, lengths); the batch and the sequence length are dynamic. The
+        same batch cut to half its length is checked too (a real input of another length)."""
+        x, lengths = self.inputs(batch)
+        model = self.model.for_export() if hasattr(self.model, "for_export") else self.model  # no packed sequences
+        longest = getattr(getattr(model, "cfg", None), "context_size", None) or 4096
+        x, lengths = x[:, :longest], lengths.clamp(max=longest)  # as the model crops longer inputs
+        name = "tokens" if not x.is_floating_point() else "x"
+        half = max(1, x.shape[1] // 2)
+        return ExportGraph(model, (x, lengths), [name, "lengths"], ["logits"], "class logits",
+                           {name: {0: BATCH, 1: SEQUENCE}, "lengths": {0: BATCH}},
+                           sequence_range=(1, longest),
+                           variants=[(x[:, :half], lengths.clamp(max=half))],
+                           postprocess=classes_postprocess(self.class_names, self.cfg.top_k))

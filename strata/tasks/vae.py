@@ -26,6 +26,7 @@ import torch
 
 from strata.config import check
 from strata.errors import StrataError
+from strata.export.graph import ExportGraph, Outputs, batch_only
 from strata.models import build_model
 from strata.models.vae import gaussian_kl
 from strata.tasks import TASKS
@@ -108,6 +109,17 @@ class VAETask(Task):
         mu, _ = self.model.encode(batch["x"])
         return [{"nelbo": round(float(r + k), 3), "recon": round(float(r), 3), "kl": round(float(k), 3),
                  "z_mean": [round(float(v), 4) for v in m]} for r, k, m in zip(recon, kl, mu)]
+
+    def export_graph(self, batch: dict):
+        """The decoder: z (B, latent) -> the image p(x|z) means, in [0, 1]. Checked on the posterior
+        means of real images."""
+        model = self.model
+        mu, _ = model.encode(batch["x"])
+        return ExportGraph(Outputs(lambda z: model.mean_image(model.decode(z)), model=model), (mu.detach(),), ["z"],
+                           ["image"], "the VAE decoder: latent z -> image in [0, 1]", batch_only(["z"]),
+                           preprocess={"type": "latent", "dim": model.cfg.latent,
+                                       "note": "z ~ N(0, I) draws new images; an image's posterior mean rebuilds it"},
+                           postprocess={"image": "(B, C, H, W) in [0, 1]; x 255 for 8-bit pixels"})
 
     def sampler(self, labels, count: int, generator: torch.Generator) -> torch.Tensor:
         """The shared image-generator interface (strata/tasks/_imagegen.py); a VAE ignores labels."""
