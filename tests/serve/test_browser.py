@@ -341,6 +341,8 @@ def test_errors_are_shown_inline_and_name_the_field(browser_page):
     error = (400, {"error": "inputs[0].area: must be a finite number, got inf", "field": "inputs[0].area"})
     FakeApi(browser_page.page, {"runs": [TABLE_RUN], "limits": LIMITS}, {"predict": error})
     page = browser_page.page
+    page.click("#predict-button")  # nothing filled in: nothing sent
+    assert "fill in the columns" in page.text_content("#predict-error")
     page.fill("#col-2", "7")
     page.fill("#csv-row", "1,2")  # two values for three columns
     page.click("#csv-fill")
