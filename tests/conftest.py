@@ -4,6 +4,7 @@ records console errors and uncaught page errors."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from pathlib import Path
@@ -72,8 +73,9 @@ def chromium():
 
 
 class BrowserPage:
-    """A Playwright page plus what went wrong on it: `errors` collects console messages of type
-    "error" and uncaught exceptions (unhandled promise rejections included)."""
+    """A Playwright page (`.page`; a local file opens with `.page.goto(path.as_uri())`) plus what went
+    wrong on it: `errors` collects console messages of type "error" and uncaught exceptions (unhandled
+    promise rejections included)."""
 
     def __init__(self, page):
         self.page = page
@@ -81,8 +83,28 @@ class BrowserPage:
         page.on("console", lambda m: self.errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
         page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
 
-    def assert_no_errors(self) -> None:
-        assert not self.errors, "the page reported errors:\n" + "\n".join(self.errors)
+    def assert_no_errors(self, *expected: str) -> None:
+        """No errors, except those containing one of `expected` (e.g. "status of 400": Chromium logs a
+        4xx answer to fetch() itself, even when the page handles it)."""
+        unexpected = [e for e in self.errors if not any(x in e for x in expected)]
+        assert not unexpected, "the page reported errors:\n" + "\n".join(unexpected)
+
+    def wait_decoded(self, selector: str) -> None:
+        """Waits until there are <img> elements at `selector` and all have decoded (naturalWidth > 0)."""
+        self.page.wait_for_function("s => { const a = [...document.querySelectorAll(s)];"
+                                    " return a.length > 0 && a.every(i => i.complete && i.naturalWidth > 0) }",
+                                    arg=selector)
+
+    def save_screenshot(self, out, down_to: str = "body", colors: int = 256) -> None:
+        """The page's top, down to the bottom of `down_to`, as a PNG of at most `colors` colours:
+        pages of flat colours stay sharp in a few tens of KB (for docs/)."""
+        from PIL import Image
+
+        bottom = self.page.evaluate("s => Math.ceil(document.querySelector(s).getBoundingClientRect().bottom)", down_to)
+        width = self.page.viewport_size["width"]
+        shot = self.page.screenshot(clip={"x": 0, "y": 0, "width": width, "height": bottom + 16})
+        image = Image.open(io.BytesIO(shot)).convert("RGB")
+        image.quantize(colors=colors, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
 
 
 @pytest.fixture

@@ -45,17 +45,11 @@ def upload(page, name: str, mime: str, data: bytes, selector: str = "#file-input
     page.set_input_files(selector, files=[{"name": name, "mimeType": mime, "buffer": data}])
 
 
-def wait_decoded(page, selector: str) -> None:
-    """Waits until there are <img> elements at `selector` and all have decoded (naturalWidth > 0)."""
-    page.wait_for_function("s => { const a = [...document.querySelectorAll(s)];"
-                           " return a.length > 0 && a.every(i => i.complete && i.naturalWidth > 0) }", arg=selector)
-
-
-def wait_caption(page, label: str) -> None:
+def wait_caption(browser_page, label: str) -> None:
     """Waits for the explanation of class `label` and its heatmap."""
-    page.wait_for_function("l => document.querySelector('#explanation figcaption')?.textContent.includes(`“${l}”`)",
-                           arg=label)
-    wait_decoded(page, "#heatmap")
+    browser_page.page.wait_for_function(
+        "l => document.querySelector('#explanation figcaption')?.textContent.includes(`“${l}”`)", arg=label)
+    browser_page.wait_decoded("#heatmap")
 
 
 # --- against the real server ---------------------------------------------------------------------
@@ -92,27 +86,18 @@ def test_an_uploaded_digit_is_classified_and_explained(browser_page, server, dig
     bars = page.locator("[data-testid=prob-bar]")
     assert bars.count() >= 3
     assert bars.first.get_attribute("data-label") == str(label)
-    wait_caption(page, str(label))
-    wait_decoded(page, "#input-preview")
+    wait_caption(browser_page, str(label))
+    browser_page.wait_decoded("#input-preview")
     assert page.text_content("#predict-error") == ""
     # clicking another class's bar explains that class
     other = bars.nth(1).get_attribute("data-label")
     bars.nth(1).click()
-    wait_caption(page, other)
+    wait_caption(browser_page, other)
     browser_page.assert_no_errors()
     if os.environ.get("STRATA_SCREENSHOT"):
         bars.first.click()
-        wait_caption(page, str(label))
-        save_screenshot(page, SCREENSHOT)
-
-
-def save_screenshot(page, out: Path) -> None:
-    """The page as a PNG of at most 256 colours (the page is flat colours: small and sharp)."""
-    from PIL import Image
-
-    height = page.evaluate("() => Math.ceil(document.querySelector('#panels').getBoundingClientRect().bottom) + 16")
-    shot = Image.open(io.BytesIO(page.screenshot(clip={"x": 0, "y": 0, "width": 1100, "height": height})))
-    shot.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
+        wait_caption(browser_page, str(label))
+        browser_page.save_screenshot(SCREENSHOT, down_to="#panels")
 
 
 # Records every length #stream-output's text takes, as the page writes it (one record per change).
@@ -145,7 +130,7 @@ def test_a_conditional_gan_draws_samples_of_the_chosen_class(browser_page, serve
     page.select_option("#gen-class", "3")
     page.fill("#gen-n", "4")
     page.click("#draw-button")
-    wait_decoded(page, "[data-testid=sample]")
+    browser_page.wait_decoded("[data-testid=sample]")
     assert page.locator("[data-testid=sample]").count() == 4
     assert page.get_attribute("[data-testid=sample]", "alt") == "sample 1 of class 3"
     assert page.text_content("#generate-error") == ""
@@ -351,8 +336,7 @@ def test_errors_are_shown_inline_and_name_the_field(browser_page):
     page.wait_for_function("() => document.querySelector('#predict-error').textContent.includes('finite number')")
     assert page.get_attribute("#predict-error", "role") == "alert"
     assert page.get_attribute("#col-2", "aria-invalid") == "true"
-    # the browser logs the 400 itself; nothing else may appear
-    assert all("status of 400" in e for e in browser_page.errors), browser_page.errors
+    browser_page.assert_no_errors("status of 400")  # Chromium logs the 400 itself
 
 
 def test_image_generator_draws_samples_of_a_class(browser_page, tmp_path):
@@ -371,7 +355,7 @@ def test_image_generator_draws_samples_of_a_class(browser_page, tmp_path):
     page.click("#draw-button")
     page.wait_for_selector("[data-testid=sample]")
     assert page.locator("[data-testid=sample]").count() == 4
-    wait_decoded(page, "[data-testid=sample]")
+    browser_page.wait_decoded("[data-testid=sample]")
     assert fake.requests[0][1] == {"class": "3", "guidance": 3, "steps": 50, "n": 4, "seed": 0}
     browser_page.assert_no_errors()
 
