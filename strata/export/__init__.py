@@ -120,10 +120,11 @@ def _max_diff(graph_module, run_exported, inputs: list[tuple]) -> tuple[float, l
     return worst, shapes
 
 
-def export_run(run_dir, fmt: str = "onnx", out=None, which: str = "best") -> dict:
+def export_run(run_dir, fmt: str = "onnx", out=None, which: str = "best", model=None) -> dict:
     """Write the run's model as `fmt` at `out` (default RUN_DIR/export/model.<fmt>) with its
-    preprocessing JSON beside it; check it on real inputs; return what was written and measured."""
-    from strata.api import load_run
+    preprocessing JSON beside it; check it on real inputs; return what was written and measured.
+    model: the user's module instance, for a run of a class a new process cannot import (as strata.load)."""
+    from strata.fitting import load
     from strata.export.preprocessing import describe
 
     t0 = time.perf_counter()
@@ -134,7 +135,7 @@ def export_run(run_dir, fmt: str = "onnx", out=None, which: str = "best") -> dic
                               "to export; train it first, or give a finished run folder")
     target = _target(folder, fmt, backend.SUFFIX, out)
     torch.manual_seed(0)  # generators' latent inputs are drawn: the same file for the same run
-    run = load_run(folder.path, which=which, device="cpu")
+    run = load(folder.path, model=model, which=which, device="cpu")
     split, (first, second) = real_batches(run)
     graph = run.task.export_graph(first)
     inputs = [graph.args, *graph.variants, run.task.export_graph(second).args]
