@@ -274,6 +274,19 @@ def test_a_stream_is_joined_and_an_error_inside_it_is_shown(browser_page):
     browser_page.assert_no_errors()
 
 
+def test_a_translation_run_translates(browser_page):
+    info = {"runs": [run_info("eng-fra", "seq2seq", "text", ["predict"])], "limits": LIMITS}
+    fake = FakeApi(browser_page.page, info, {"predict": {"predictions": [{"translation": "j'ai froid ."}]}})
+    page = browser_page.page
+    assert page.text_content("#predict-button") == "Translate"
+    page.fill("#text-input", "I am cold.")
+    page.click("#predict-button")
+    page.wait_for_selector("#prediction-value")
+    assert page.text_content("#prediction-value") == "j'ai froid ."
+    assert fake.requests == [("/runs/eng-fra/predict", {"inputs": ["I am cold."]})]
+    browser_page.assert_no_errors()
+
+
 def wav_bytes(seconds: float = 0.2, rate: int = 8000) -> bytes:
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
