@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import tempfile
 import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,14 +25,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from strata.errors import StrataError
-from strata.serve.inputs import BadInput
+from strata.serve.inputs import BadInput, Scratch
 from strata.serve.runs import MAX_NEW_TOKENS, MAX_STEPS, ServedRun, unknown_run
 
 log = logging.getLogger("strata.serve")
 PAGE = Path(__file__).with_name("page.html")
 PLACEHOLDER = ("<!doctype html><meta charset=utf-8><title>strata serve</title><h1>strata serve</h1>"
-               "<p>The JSON API is at <a href=/docs>/docs</a>; the runs it serves are listed at <a href=/info>/info</a>.")
+               "<p>The JSON API is at <a href=/docs>/docs</a>; the runs it serves are listed at "
+               "<a href=/info>/info</a>.")
 MAX_EXPLAIN_STEPS = 256
+INLINE_BYTES = 64 * 1024  # inputs up to this size are decoded on the event loop, larger ones in a thread
 DRAIN_FACTOR = 4  # a too-large body is read (and dropped) up to this many times the limit, so the client sees the 413
 
 
@@ -60,7 +61,8 @@ class PredictBody(Body):
 
 
 class ExplainBody(PredictBody):
-    target: int | str | None = Field(None, description="class name or score index to explain (default: the predicted one)")
+    target: int | str | None = Field(None, description="class name or score index to explain (default: the "
+                                                        "predicted one)")
     method: str | None = Field(None, description="attribution method (default integrated_gradients)")
     steps: int | None = Field(None, description=f"integration steps, 1..{MAX_EXPLAIN_STEPS} (default 32)")
 
@@ -126,9 +128,11 @@ def error(status: int, message: str, field: str | None = None) -> JSONResponse:
 
 
 async def answer(work: Callable[[], Awaitable[Any]]) -> Any:
-    """Run a handler's work, turning what it raises into the API's error answers."""
+    """Run a handler's work, turning what it raises into the API's error answers. A dict is sent as
+    JSON as it is (plain JSON types already: FastAPI's encoder would walk it again)."""
     try:
-        return await work()
+        result = await work()
+        return JSONResponse(result) if isinstance(result, dict) else result
     except BadInput as e:
         return error(e.status, e.message, e.field)
     except StrataError as e:
@@ -181,6 +185,7 @@ class Runs:
     def __init__(self, runs: list[ServedRun], limits: Limits):
         self.by_name = {r.name: r for r in runs}
         self.limits = limits
+        self.scratch = Scratch()
 
     def get(self, name: str | None) -> ServedRun:
         if name is None:
@@ -204,27 +209,41 @@ class Runs:
             raise BadInput(f"inputs: {len(items)} items; at most {self.limits.max_items} per request "
                            "(split them over several requests)", "inputs")
 
-    async def run_in_worker(self, run: ServedRun, fn: Callable[[], Any]) -> Any:
-        loop = asyncio.get_running_loop()
-        return await asyncio.wait_for(asyncio.shield(loop.run_in_executor(run.executor, fn)), self.limits.timeout_s)
+    async def run_in_worker(self, run: ServedRun, fn: Callable[[], Any],
+                            after: Callable[[], None] | None = None) -> Any:
+        """fn() in the run's worker thread, awaited up to the timeout; `after()` once it has finished,
+        even when the client stopped waiting (the work cannot be interrupted; its files must outlive it)."""
+        work = asyncio.get_running_loop().run_in_executor(run.executor, fn)
+
+        def finished(f: asyncio.Future) -> None:
+            if not f.cancelled():
+                f.exception()  # retrieved, so a failure nobody waits for is not reported as unhandled
+            if after is not None:
+                after()
+
+        work.add_done_callback(finished)
+        return await asyncio.wait_for(asyncio.shield(work), self.limits.timeout_s)
 
 
 async def predict(runs: Runs, run: ServedRun, request: Request) -> dict:
     runs.need(run, "predict")
     body = parse(PredictBody, await read_json(request, runs.limits))
     runs.check_items(body.inputs)
-    folder = tempfile.TemporaryDirectory(prefix="strata-serve-")
+    files = runs.scratch.files()
     job = None
     try:
-        inputs = await asyncio.to_thread(run.prepare, body.inputs, Path(folder.name))
+        if sum(len(x) for x in body.inputs if isinstance(x, str)) <= INLINE_BYTES:
+            inputs = run.prepare(body.inputs, files)  # a small image decodes faster than a thread hop
+        else:
+            inputs = await asyncio.to_thread(run.prepare, body.inputs, files)
         job = run.batcher.submit(inputs)
         return {"predictions": await asyncio.wait_for(asyncio.shield(job.future), runs.limits.timeout_s)}
     finally:
         if job is None or job.future.done():
-            folder.cleanup()
-        else:  # still queued or running: the batcher skips it if it can, the files go when it is done
+            files.remove()
+        else:  # still queued or running: the batcher skips it if it can; the files go when it is done
             job.abandoned = True
-            job.future.add_done_callback(lambda f: (f.cancelled() or f.exception(), folder.cleanup()))
+            job.future.add_done_callback(lambda f: (f.cancelled() or f.exception(), files.remove()))
 
 
 async def explain(runs: Runs, run: ServedRun, request: Request) -> dict:
@@ -233,9 +252,14 @@ async def explain(runs: Runs, run: ServedRun, request: Request) -> dict:
     runs.check_items(body.inputs)
     if body.steps is not None and not 1 <= body.steps <= MAX_EXPLAIN_STEPS:
         raise BadInput(f"steps: must be from 1 to {MAX_EXPLAIN_STEPS}, got {body.steps}", "steps")
-    with tempfile.TemporaryDirectory(prefix="strata-serve-") as folder:
-        inputs = await asyncio.to_thread(run.prepare, body.inputs, Path(folder))
-        out = await runs.run_in_worker(run, lambda: run.explain(inputs, body.target, body.method, body.steps))
+    files = runs.scratch.files()
+    try:
+        inputs = await asyncio.to_thread(run.prepare, body.inputs, files)
+    except BaseException:
+        files.remove()
+        raise
+    out = await runs.run_in_worker(run, lambda: run.explain(inputs, body.target, body.method, body.steps),
+                                   after=files.remove)
     for i, r in enumerate(out["explanations"]):
         if i < len(body.inputs):
             r["input"] = f"inputs[{i}]"
@@ -360,6 +384,7 @@ def build_app(runs: Runs) -> FastAPI:
         for run in runs.by_name.values():
             await run.batcher.stop()
             run.executor.shutdown(wait=False, cancel_futures=True)
+        runs.scratch.remove()
 
     app = FastAPI(title="strata serve", description=DESCRIPTION, lifespan=lifespan)
     app.state.runs = runs

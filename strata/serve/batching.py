@@ -36,7 +36,7 @@ class Batcher:
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
         self.task: asyncio.Task | None = None
         self.held: Job | None = None  # taken from the queue but left for the next batch (it did not fit)
-        self.batches = self.items = 0  # counters for /info and the benchmark
+        self.requests = self.batches = self.items = 0  # counters for GET /info
 
     def start(self) -> None:
         if self.task is None:
@@ -54,6 +54,7 @@ class Batcher:
     def submit(self, items: list[Any]) -> Job:
         """Queue a request's items; await `job.future` for the results (set `job.abandoned` to give up)."""
         self.start()
+        self.requests += 1
         job = Job(list(items), asyncio.get_running_loop().create_future())
         self.queue.put_nowait(job)
         return job

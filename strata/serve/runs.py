@@ -83,7 +83,13 @@ class ServedRun:
         return {"name": self.name, "task": self.run.cfg.task.name, "input": self.input, "actions": self.actions,
                 "class_names": list(class_names) if class_names and "predict" in self.actions else None,
                 "input_shape": list(shape) if shape else None, "image": image, "columns": self.columns(),
-                "generate": self.generate_info()}
+                "generate": self.generate_info(), "served": self.served()}
+
+    def served(self) -> dict:
+        """Predict requests answered so far, and the forward passes and inputs they took (their ratio is
+        the mean batch size)."""
+        b = self.batcher
+        return {"requests": b.requests, "batches": b.batches, "items": b.items} if b else {}
 
     def columns(self) -> list[dict] | None:
         if self.input != "table":
@@ -120,21 +126,21 @@ class ServedRun:
                 "class_names": list(getattr(task, "class_names", []) or []) if conditional else []}
 
     # --- request -> the inputs encode_inputs reads ---------------------------------------------
-    def prepare(self, items: list, folder: Path) -> list[str]:
-        """The request's items as `encode_inputs` takes them: files written into `folder`, or sentences."""
+    def prepare(self, items: list, files: I.RequestFiles) -> list[str]:
+        """The request's items as `encode_inputs` takes them: the request's files, or sentences."""
         out = []
         for i, item in enumerate(items):
             where = f"inputs[{i}]"
             if self.input == "image":
-                out.append(I.image_file(item, where, folder, i))
+                out.append(I.image_file(item, where, files, i))
             elif self.input == "audio":
-                out.append(I.wav_file(item, where, folder, i))
+                out.append(I.wav_file(item, where, files, i))
             elif self.input == "text":
                 out.append(I.text_item(item, where))
             elif self.input == "timeseries":
-                out.append(I.timeseries_file(item, where, folder, i))
+                out.append(I.timeseries_file(item, where, files, i))
             elif self.input == "array":
-                out.append(I.array_file(item, where, folder, i, self.run.info.get("in_shape")))
+                out.append(I.array_file(item, where, files, i, self.run.info.get("in_shape")))
             elif self.input == "table":
                 row = I.table_row(item, where, self.columns() or [])
                 if "kddcup99" in self.run.info:  # an inline row, in the file's column order
@@ -144,7 +150,7 @@ class ServedRun:
                                          "needs all 41", where)
                     out.append(",".join(row[c["name"]] for c in self.columns()))
                 else:
-                    out.append(I.table_file(row, folder, i, self.run.info.get("delimiter", ",")))
+                    out.append(I.table_file(row, files, i, self.run.info.get("delimiter", ",")))
             else:
                 raise I.BadInput(f"run '{self.name}' takes no inputs to predict from; it can: "
                                  f"{', '.join(self.actions)}", "inputs")

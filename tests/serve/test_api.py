@@ -66,7 +66,8 @@ def test_predict_on_real_digits_equals_strata_predict_json(client, mnist_cnn_run
         labels.append(label)
         paths.append(tmp_path / f"{i}.png")
         paths[-1].write_bytes(png)
-    r = client.post("/runs/mnist-cnn/predict", json={"inputs": pngs[:4] + ["data:image/png;base64," + p for p in pngs[4:]]})
+    items = pngs[:4] + ["data:image/png;base64," + p for p in pngs[4:]]  # both forms
+    r = client.post("/runs/mnist-cnn/predict", json={"inputs": items})
     assert r.status_code == 200, r.text
     served = r.json()["predictions"]
     assert served == cli_json("predict", str(mnist_cnn_run), *map(str, paths))["predictions"]
@@ -165,7 +166,7 @@ def digit_b64() -> str:
 @pytest.mark.parametrize("path,body,status,field,phrase", [
     ("/runs/mnsit-cnn/predict", {"inputs": []}, 404, "name", "did you mean 'mnist-cnn'"),
     ("/predict", {"inputs": ["x"]}, 400, "name", "serves 5 runs (mnist-cnn, lm, gan, ml, fsdd)"),
-    ("/runs/mnist-cnn/predict", {"inputs": [b64(b"\x89PNG\r\n\x1a\nnot really")]}, 400, "inputs[0]", "cannot be decoded"),
+    ("/runs/mnist-cnn/predict", {"inputs": [b64(b"\x89PNG\r\n\x1a\nnot")]}, 400, "inputs[0]", "cannot be decoded"),
     ("/runs/mnist-cnn/predict", {"inputs": ["DIGIT", 7]}, 400, "inputs[1]", "base64 string"),
     ("/runs/mnist-cnn/predict", {"inputs": ["DIGIT"], "extra": 1}, 400, "extra", "unknown field"),
     ("/runs/mnist-cnn/predict", {"input": ["DIGIT"]}, 400, "inputs", "missing"),
@@ -194,7 +195,8 @@ def test_each_error_names_its_field(client, path, body, status, field, phrase):
 
 
 def test_transport_errors(client):
-    assert client.post("/runs/mnist-cnn/predict", content=b"{}", headers={"content-type": "text/plain"}).status_code == 415
+    r = client.post("/runs/mnist-cnn/predict", content=b"{}", headers={"content-type": "text/plain"})
+    assert (r.status_code, r.json()["field"]) == (415, "content-type")
     r = client.post("/runs/mnist-cnn/predict", content=b"{not json", headers={"content-type": "application/json"})
     assert (r.status_code, r.json()["field"]) == (400, "body")
     r = client.post("/runs/mnist-cnn/predict", json=[1, 2])

@@ -38,6 +38,7 @@ def server(mnist_cnn_run, tiny_runs, tmp_path_factory):
         proc.tmp = tmp
         yield url, proc
     assert proc.returncode in (0, 130) and "Traceback" not in proc.output, proc.output
+    assert os.listdir(tmp) == []  # the scratch folder goes with the server
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +51,11 @@ def digits(server):
     return bodies, answers
 
 
-def server_tmp(proc) -> str:
-    return str(proc.tmp)
+def request_files(proc) -> list[str]:
+    """The files in the server's scratch folder (one folder in its TMPDIR, made at start)."""
+    folders = os.listdir(proc.tmp)
+    assert len(folders) == 1 and folders[0].startswith("strata-serve-"), folders
+    return os.listdir(proc.tmp / folders[0])
 
 
 def hammer(url: str, bodies: list[bytes], clients: int, requests: int) -> tuple[list[float], list[tuple]]:
@@ -104,7 +108,9 @@ def test_8_clients_x_200_requests_no_errors_bounded_memory(server, digits):
     print(f"\n{CLIENTS} clients x {REQUESTS} requests: {len(answers) / wall:.0f} requests/s, p50 {p50:.1f} ms, "
           f"p99 {p99:.1f} ms, server RSS {before / 1024:.0f} -> {after / 1024:.0f} MiB ({growth:+.1%})")
     assert growth < 0.10, (before, after)
-    assert os.listdir(server_tmp(proc)) == []
+    served = httpx.get(f"{url}/info").json()["runs"][0]["served"]
+    assert served["items"] / served["batches"] > 2, served  # 8 clients at once: their requests were batched
+    assert request_files(proc) == []
 
 
 def test_malformed_requests_are_4xx_and_the_server_keeps_answering(server, digits, tmp_path):
@@ -159,4 +165,4 @@ def test_malformed_requests_are_4xx_and_the_server_keeps_answering(server, digit
         for i in (0, 5):  # still right afterwards
             assert c.post(PREDICT, content=bodies[i], headers=JSON).json()["predictions"][0] == expected[i]
         assert c.get("/health").json() == {"status": "ok", "runs": 2}
-    assert os.listdir(server_tmp(proc)) == []  # every request's files were removed
+    assert request_files(proc) == []  # every request's files were removed
