@@ -309,7 +309,10 @@ def cmd_export(a) -> int:
     from strata.export import export_run
 
     out = export_run(a.run_dir, fmt=a.format, out=a.out, which=a.which)
-    _print(out, a.json, f"{out['format']}: {out['out']}\n  checked: max |exported - torch| = {out['max_abs_diff']:.2e} "
+    shapes = ", ".join(f"{i['name']} ({', '.join('?' if d is None else str(d) for d in i['shape'])}) {i['dtype']}"
+                       for i in out["inputs"])
+    _print(out, a.json, f"{out['format']}: {out['out']} ({out['graph']})\n  inputs: {shapes}\n"
+                        f"  checked: max |exported - torch| = {out['max_abs_diff']:.2e} "
                         f"on {out['checked_examples']} real inputs\n  preprocessing: {out['preprocessing']}")
     return 0
 

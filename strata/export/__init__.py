@@ -64,7 +64,7 @@ def _is_ours(model_file: Path) -> bool:
 def _target(folder: RunFolder, fmt: str, suffix: str, out) -> Path:
     target = folder.export_file(suffix) if out is None else Path(out).expanduser()
     if target.suffix.lower() != suffix:
-        raise StrataError(f"--out {target}: a {fmt} export is written to a file ending in {suffix}, got "
+        raise StrataError(f"--out {target}: --format {fmt} writes a file ending in {suffix}, got "
                           f"'{target.suffix or 'no suffix'}'; e.g. --out {target.with_suffix(suffix).name}")
     if target.is_dir():
         raise StrataError(f"--out {target} is a folder; give a file name ending in {suffix}")

@@ -215,6 +215,12 @@ def test_the_standalone_program_imports_only_numpy_onnxruntime_and_the_standard_
     assert names == {"json", "struct", "sys", "zlib", "numpy", "onnxruntime"}
 
 
+def test_the_readme_shows_the_program_these_tests_run():
+    readme = (HERE.parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Use a trained model outside strata"):]
+    assert section.split("```python\n", 1)[1].split("```", 1)[0] == STANDALONE.read_text()
+
+
 def standalone(model: str, *inputs: str) -> list[dict]:
     out = subprocess.run([sys.executable, str(STANDALONE), model, *inputs], capture_output=True, text=True, env=ENV,
                          timeout=120)
