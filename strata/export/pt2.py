@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +35,16 @@ def reason(e: BaseException) -> str:
     first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
     if "Constraints violated" in first:
         kinds = [k for k in (BATCH, SEQUENCE) if f"({k})" in first or f" {k}" in first]
-        return (f"the model fixes the {' and '.join(kinds) or 'input'} dimension that must stay free: a loop "
-                "over it is unrolled at the example's size (torch's recurrent layers are, under torch.export)")
+        return (f"the traced graph fixes the {' and '.join(kinds) or 'input'} dimension that must stay free: a loop "
+                "over it is unrolled at the example's size, as torch.export does with recurrent layers")
     return f"{type(e).__name__}: {first}"[:300]
 
 
 def write(graph: ExportGraph, path: Path) -> None:
     try:
-        program = torch.export.export(graph.module, graph.args, dynamic_shapes=dims(graph))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on attributes set while tracing
+            program = torch.export.export(graph.module, graph.args, dynamic_shapes=dims(graph))
         torch.export.save(program, str(path))
     except Exception as e:  # torch.export's errors name the unsupported construct on the first line
         raise StrataError(f"torch.export cannot trace this run's model ({reason(e)}); try --format onnx, or "

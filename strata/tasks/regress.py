@@ -142,9 +142,10 @@ class Regress(Task):
     def export_graph(self, batch):
         """Predictions in the target's units (the standardisation and any baseline inside the graph)."""
         return ExportGraph(self, (batch["x"],), ["x"], ["predictions"], "predictions in the target's units",
-                           batch_only(["x"]), postprocess={"answer": "prediction: the number (a list when there "
-                                                           "are several outputs)", "round": 6,
-                                                           "outputs": self.cfg.num_outputs})
+                           batch_only(["x"]), postprocess={
+                               "answer": "prediction: the number (a list when there are several outputs), in the "
+                                         "target's units (the standardisation is undone inside the graph)",
+                               "round": 6, "outputs": self.cfg.num_outputs})
 
     @torch.no_grad()
     def predict_step(self, batch):

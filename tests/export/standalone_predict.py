@@ -1,7 +1,7 @@
 """Predict with a model that `strata export` wrote, using only numpy and onnxruntime (no torch, no strata).
 
     python standalone_predict.py RUN_DIR/export/model.onnx digit.png           # an image classifier
-    python standalone_predict.py RUN_DIR/export/model.onnx "age=41,job=admin"  # a table classifier
+    python standalone_predict.py RUN_DIR/export/model.onnx "age=41,job=admin"  # a table classifier or regressor
 
 Prints what `strata predict RUN_DIR INPUT --json` prints under "predictions": one answer per input.
 Images: 8-bit grayscale PNG files at the model's size (this short program neither resizes nor converts).
@@ -82,7 +82,11 @@ def table_input(row, pre):
     return np.concatenate(blocks, axis=1).astype(np.float32)  # (1, features)
 
 
-def answer(logits, post):
+def answer(out, post):
+    if "class_names" not in post:  # a regression: the numbers, already in the target's units
+        values = [round(float(v), post["round"]) for v in out]
+        return {"prediction": values[0] if len(values) == 1 else values}
+    logits = out
     p = np.exp(logits - logits.max())
     p = p / p.sum()
     order = np.argsort(-p, kind="stable")[: post["top_k"]]
@@ -98,8 +102,8 @@ def main(model_path, inputs):
     results = []
     for item in inputs:
         x = image_input(item, pre) if pre["type"] == "image" else table_input(item, pre)
-        (logits,) = session.run(None, {meta["inputs"][0]["name"]: x})
-        results.append(answer(logits[0].astype(np.float64), meta["postprocess"]))
+        (out,) = session.run(None, {meta["inputs"][0]["name"]: x})
+        results.append(answer(out[0].astype(np.float64), meta["postprocess"]))
     print(json.dumps({"predictions": results}))
 
 
