@@ -134,11 +134,12 @@ def export_run(run_dir, fmt: str = "onnx", out=None, which: str = "best", model=
         raise CheckpointError(f"run folder {folder.path} has no checkpoint (checkpoints/best or checkpoints/last) "
                               "to export; train it first, or give a finished run folder")
     target = _target(folder, fmt, backend.SUFFIX, out)
-    torch.manual_seed(0)  # generators' latent inputs are drawn: the same file for the same run
     run = load(folder.path, model=model, which=which, device="cpu")
     split, (first, second) = real_batches(run)
-    graph = run.task.export_graph(first)
-    inputs = [graph.args, *graph.variants, run.task.export_graph(second).args]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # a generator's latent inputs are drawn: the same check for the same run
+        graph = run.task.export_graph(first)
+        inputs = [graph.args, *graph.variants, run.task.export_graph(second).args]
 
     made = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)

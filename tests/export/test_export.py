@@ -176,6 +176,19 @@ def test_sequence_classifiers_export_with_a_dynamic_length(family, mirror, tmp_p
         assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["model.onnx", "model.onnx.json"]
 
 
+@pytest.mark.parametrize("cell,layers,bidirectional,pool", [("lstm", 2, True, "last"), ("gru", 1, True, "mean"),
+                                                             ("rnn", 2, False, "max"), ("lstm", 1, False, "last")])
+def test_the_rnn_classifiers_export_form_computes_what_packing_computes(cell, layers, bidirectional, pool):
+    from strata.models.rnn import ClassifierConfig, RNNClassifier
+
+    torch.manual_seed(0)
+    model = RNNClassifier(ClassifierConfig(cell=cell, hidden=6, layers=layers, bidirectional=bidirectional,
+                                           embed_dim=5, vocab_size=30, num_classes=3, pool=pool)).eval()
+    tokens, lengths = torch.randint(1, 30, (5, 9)), torch.tensor([9, 1, 4, 7, 2])
+    with torch.no_grad():
+        assert torch.allclose(model.for_export()(tokens, lengths), model(tokens, lengths), atol=1e-6)
+
+
 GPT = {"name": "gpt", "data": {"name": "shakespeare", "block_size": 32, "stride": 32, "batch_size": 32, "limit": 200},
        "model": {"name": "gpt", "n_layer": 1, "n_head": 2, "dim": 16, "context_size": 32},
        "task": {"name": "language_model"}}
