@@ -9,6 +9,7 @@
     checkpoints/best/  the weights with the best validation value of trainer.monitor
     tensorboard/       event files, with [trainer] tensorboard = true
     export/            `strata export`: model.onnx or model.pt2, each with <name>.json (its preprocessing)
+    features/          `strata features`: filters, feature maps, top patches, the linear-probe curve (features.json)
     <artefacts>        files a data set saves for later use (a tokenizer, target statistics)
     .strata-run        marks the folder as strata's; locked while a process trains into it
 
@@ -55,6 +56,7 @@ class RunFolder:
         self.summary = self.path / "summary.json"
         self.tensorboard = self.path / "tensorboard"
         self.export = self.path / "export"
+        self.features = self.path / "features"
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
