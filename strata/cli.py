@@ -121,6 +121,31 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--device")
     x.add_argument("--json", action="store_true")
 
+    fe = sub.add_parser("features", help="what a trained network learned, layer by layer: filters, feature maps, "
+                        "top-activating patches, linear-probe curve",
+                        description="Draw the hierarchy of features of a trained run into RUN_DIR/features/: "
+                        "filters.png (the first convolution's kernels), maps-<input>-<stage>.png (each stage's "
+                        "strongest feature maps for an input), patches-<stage>.png (the test patches that excite "
+                        "each stage's strongest channels most; rows = channels) and probe.png (the test accuracy of "
+                        "a logistic regression on each stage's pooled features, layer 0 = the raw input). Models "
+                        "without convolution (MLPs, RNNs, transformers) get the probe curve.")
+    fe.add_argument("run_dir")
+    fe.add_argument("--input", dest="inputs", action="append", metavar="FILE",
+                    help="an image to draw feature maps for (repeatable; default: the first test image)")
+    fe.add_argument("--layers", nargs="+", metavar="NAME",
+                    help="module names (as in `strata summary`) to draw instead of the model's stages")
+    fe.add_argument("--only", nargs="+", choices=["filters", "maps", "patches", "probe"],
+                    help="draw only these parts (default: all the model has)")
+    fe.add_argument("--no-probe", action="store_true", help="skip the probe curve (the slowest part)")
+    fe.add_argument("--probe-examples", type=_positive_int("--probe-examples"), default=5000,
+                    help="training examples for the probes (default 5000; test examples: 40%% as many)")
+    fe.add_argument("--top", type=_positive_int("--top"), default=8, help="patches per channel (default 8)")
+    fe.add_argument("--channels", type=_positive_int("--channels"), default=8,
+                    help="strongest channels per stage in the patch grids (default 8)")
+    fe.add_argument("--out", help="folder for the pictures (default RUN_DIR/features)")
+    fe.add_argument("--device")
+    fe.add_argument("--json", action="store_true")
+
     s = sub.add_parser("summary", help="layers, output shapes and parameter counts of a config's model")
     s.add_argument("config")
     s.add_argument("--set", dest="overrides", action="append", default=[])
@@ -250,6 +275,34 @@ def cmd_explain(a) -> int:
     return 0
 
 
+def cmd_features(a) -> int:
+    from strata.explain.features import PARTS, features_run
+
+    parts = a.only or ([p for p in PARTS if p != "probe"] if a.no_probe else None)
+    out = features_run(a.run_dir, inputs=a.inputs, layers=a.layers, parts=parts, out=a.out,
+                       probe_examples=a.probe_examples, channels=a.channels, top=a.top,
+                       device=a.device)
+    if a.json:
+        _print(out, True)
+        return 0
+    for note in out["notes"]:
+        print(f"strata: {note}", file=sys.stderr)
+    print(f"stages: {', '.join(out['stages'])}")
+    if "filters" in out:
+        print(f"filters: {out['filters']}")
+    for m in out.get("maps", []):
+        print(f"feature maps of {m['layer']} for {m['input']}: {m['path']}")
+    for p in out.get("patches", []):
+        print(f"top patches of {p['layer']} ({p['patch'][0]}x{p['patch'][1]} px): {p['path']}")
+    if "probe" in out:
+        c = out["probe"]
+        print(f"linear probes ({c['train_examples']:,} train / {c['test_examples']:,} test examples, "
+              f"{c['seconds']:.1f} s): {c['path']}")
+        for i, r in enumerate(c["layers"]):
+            print(f"  {i:>2} {r['layer']:<24} {r['kind']:<28} {r['features']:>6} features  {r['test_acc']:.2%}")
+    return 0
+
+
 def cmd_summary(a) -> int:
     from strata.evaluate import model_summary
 
@@ -336,7 +389,8 @@ def cmd_quickstart(a) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "generate": cmd_generate,
-            "explain": cmd_explain, "summary": cmd_summary, "recipes": cmd_recipes, "datasets": cmd_datasets,
+            "explain": cmd_explain, "summary": cmd_summary, "features": cmd_features, "recipes": cmd_recipes,
+            "datasets": cmd_datasets,
             "export": cmd_export, "serve": cmd_serve, "quickstart": cmd_quickstart}
 
 
