@@ -1,0 +1,186 @@
+"""Where to look inside a network: its stages, found from the module tree, and their outputs, caught
+with forward hooks.
+
+The rule is structural, so it serves the shipped models, the `sequential` layer list and a person's
+own module alike:
+- the backbone is the nn.Sequential / nn.ModuleList with the most children that hold parameters
+  (the cnn's `stages`, the resnet's `blocks`, a transformer's `blocks`, a layer list's `layers`);
+  when none has two, the model's own children (an RNN's embedding and recurrent encoder, a person's
+  conv1 / conv2 / fc attributes);
+- a stage is one child with parameters and the parameter-free children after it (activation,
+  pooling, dropout, flatten), caught at its last one: a layer list's conv, tanh, avgpool is one stage;
+- the model's output closes the list ("output"), unless the last stage already is it.
+
+A stage's output is summarised per example ("pooled") for the linear probe: feature maps are
+average-pooled to the finest grid that keeps at most `max_features` numbers (a 28x28 image keeps all
+784 pixels), sequences are averaged over their real (non-padding) steps, vectors are kept as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from strata.errors import StrataError
+from strata.registry import closest
+
+OUTPUT = "output"  # the name of the model's own output among the stages
+CONTAINERS = (nn.Sequential, nn.ModuleList)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # where its output is caught: a module name from named_modules, or "output"
+    module: nn.Module
+    kind: str  # what it is made of, e.g. "Conv2d+Tanh+AvgPool2d"
+
+
+def _has_params(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters())
+
+
+def backbone(model: nn.Module) -> tuple[str, nn.Module]:
+    """(name, module) of the container whose children are the stages (see the module docstring)."""
+    best, best_n = ("", model), 0
+    for name, m in model.named_modules():
+        if isinstance(m, CONTAINERS):
+            n = sum(_has_params(c) for c in m.children())
+            if n > best_n:  # ties: the first in named_modules order, the shallowest on its branch
+                best, best_n = (name, m), n
+    own = sum(_has_params(c) for c in model.children())
+    return best if best_n >= 2 or (best_n >= 1 and own <= 1) else ("", model)
+
+
+def _groups(model: nn.Module) -> list[list[tuple[str, nn.Module]]]:
+    """The backbone's children grouped into stages: each child with parameters opens one."""
+    prefix, parent = backbone(model)
+    groups: list[list[tuple[str, nn.Module]]] = []
+    for name, child in parent.named_children():
+        if type(child).forward is nn.Module.forward:
+            continue  # a plain ModuleList / ModuleDict is never called: its members are reached otherwise
+        if not groups or _has_params(child):
+            groups.append([])
+        groups[-1].append((f"{prefix}.{name}" if prefix else name, child))
+    return [g for g in groups if any(_has_params(m) for _, m in g)]
+
+
+def stages(model: nn.Module, run) -> list[Stage]:
+    """The stages of `model` in the order they run, the output last; `run()` calls the model once on
+    a small batch. A stage is caught at the last member of its group that runs once per call: a
+    dropout or pooling module reused later in forward (an RNN's dropout before its head) would
+    otherwise hand over its later output."""
+    groups = _groups(model)
+    calls: dict[int, int] = {}
+    order: list[int] = []
+
+    def count(module, inputs, output):
+        calls[id(module)] = calls.get(id(module), 0) + 1
+        if id(module) not in order:
+            order.append(id(module))
+
+    mods = {id(m): m for g in groups for _, m in g}
+    handles = [m.register_forward_hook(count) for m in mods.values()]
+    with Catch([Stage(OUTPUT, model, "")]) as caught:
+        try:
+            with torch.no_grad():
+                run()
+        finally:
+            for h in handles:
+                h.remove()
+    found = []
+    for g in groups:
+        once = [(n, m) for n, m in g if calls.get(id(m)) == 1]
+        ran = [(n, m) for n, m in g if calls.get(id(m))]
+        if not ran:
+            continue  # built but never called
+        name, module = once[-1] if once else ran[0]
+        found.append((order.index(id(ran[0][1])), Stage(name, module, "+".join(type(m).__name__ for _, m in g))))
+    found = [s for _, s in sorted(found, key=lambda p: p[0])]
+    out = caught.outputs.get(OUTPUT)
+    if found and out is not None:
+        with Catch(found[-1:]) as last:
+            with torch.no_grad():
+                run()
+        t = last.outputs.get(found[-1].name)
+        if t is not None and t.shape == out.shape and torch.equal(t, out):
+            return found  # the last stage is the output (a layer list ending in its linear layer)
+    return found + [Stage(OUTPUT, model, type(model).__name__)]
+
+
+def named_stage(model: nn.Module, name: str) -> Stage:
+    """The module called `name` in named_modules ("output": the model itself); an unknown name is an
+    error that suggests the closest and lists some."""
+    if name == OUTPUT:
+        return Stage(OUTPUT, model, type(model).__name__)
+    modules = dict(model.named_modules())
+    modules.pop("", None)
+    if name not in modules:
+        names = list(modules)
+        shown = ", ".join(names[:15]) + (f", ... ({len(names)} in all)" if len(names) > 15 else "")
+        raise StrataError(f"--layers: this model has no layer '{name}'{closest(name, names)}; its layers: {shown} "
+                          f"(and '{OUTPUT}', the model's output); leave --layers out for its stages")
+    return Stage(name, modules[name], type(modules[name]).__name__)
+
+
+def first_tensor(out):
+    """A module's output tensor: the first element of a tuple (an RNN's (outputs, state))."""
+    while isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    return out if torch.is_tensor(out) else None
+
+
+class Catch:
+    """Forward hooks that keep each stage's latest output while the context is open:
+    `with Catch(stages) as caught: model(x)`, then caught.outputs[name]."""
+
+    def __init__(self, stages_: list[Stage], detach: bool = True):
+        self.stages, self.detach = stages_, detach
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles = []
+
+    def _hook(self, name):
+        def hook(module, inputs, output):
+            t = first_tensor(output)
+            if t is None:
+                return
+            self.outputs[name] = t.detach() if self.detach else t
+        return hook
+
+    def __enter__(self) -> "Catch":
+        self.outputs.clear()
+        self._handles = [s.module.register_forward_hook(self._hook(s.name)) for s in self.stages]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def pooled(t: torch.Tensor, lengths: torch.Tensor | None, in_steps: int | None, max_features: int) -> torch.Tensor:
+    """One stage's output (B, ...) -> (B, D) features for the probe (see the module docstring)."""
+    t = t.detach().float()
+    if t.dim() == 4:  # (B, C, H, W)
+        c, h, w = t.shape[1:]
+        side = max(1, min(h, w, math.isqrt(max(1, max_features // c))))
+        if side < h or side < w:
+            t = F.adaptive_avg_pool2d(t, (min(side, h), min(side, w)))
+        return t.flatten(1)  # (B, C * side * side)
+    if t.dim() == 3:  # (B, T, C): the mean over real steps
+        T = t.shape[1]
+        if lengths is None:
+            return t.mean(1)
+        # a stage may prepend tokens (a [CLS] token: T = in_steps + 1) or cut the sequence to its context
+        extra = max(T - (in_steps or T), 0)
+        n = (lengths.to(t.device) + extra).clamp(1, T)  # (B,)
+        keep = (torch.arange(T, device=t.device)[None, :] < n[:, None]).to(t.dtype)[..., None]  # (B, T, 1)
+        return (t * keep).sum(1) / n[:, None].to(t.dtype)
+    return t.flatten(1)
+
+
+def conv2d_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
