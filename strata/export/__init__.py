@@ -108,7 +108,13 @@ def _max_diff(graph_module, run_exported, inputs: list[tuple]) -> tuple[float, l
         with torch.no_grad():
             ref = graph_module(*args)
         ref = [r.detach().float().cpu().numpy() for r in (ref if isinstance(ref, (tuple, list)) else (ref,))]
-        got = run_exported(*args)
+        try:
+            got = run_exported(*args)
+        except Exception as e:  # the runtime refuses an input the trace fixed a dimension of
+            from strata.export.pt2 import reason
+
+            raise StrataError(f"the exported model fails on a real input of shapes {[list(a.shape) for a in args]} "
+                              f"({reason(e)}): a dimension was fixed at export; no file was kept") from None
         if len(got) != len(ref) or any(g.shape != r.shape for g, r in zip(got, ref)):
             raise StrataError(f"the exported model gives outputs of shapes {[list(g.shape) for g in got]}, torch "
                               f"{[list(r.shape) for r in ref]}, on a real input of shapes "

@@ -65,6 +65,7 @@ def next_token_graph(model: nn.Module, tokens: torch.Tensor, context: int | None
     """A language model's forward (the protocol of strata.nn.sampling: model(tokens) -> (logits,
     state)) without its state: tokens (B, T) -> next-token logits (B, T, V), with the batch and the
     length dynamic up to the model's context. The first half of the tokens is checked as well."""
+    model = model.for_export() if hasattr(model, "for_export") else model  # a recurrent net's traceable form
     return ExportGraph(Outputs(lambda t: model(t)[0], model=model), (tokens,), ["tokens"], ["logits"],
                        "next-token logits at every position", {"tokens": {0: BATCH, 1: SEQUENCE}},
                        sequence_range=(2, context or 4096), variants=[(tokens[:-1, : max(2, tokens.shape[1] // 2)],)],

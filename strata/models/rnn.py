@@ -224,6 +224,15 @@ class RNNLanguageModel(nn.Module):
         out, state = self.encoder(h, None, state)  # (B, T, H)
         return self.decoder(self.proj(self.drop(out))), state
 
+    def for_export(self) -> "RNNLanguageModel":
+        """A copy computing the same logits from a zero state with the Unpacked encoder (below), whose
+        loop the exporters keep over a free length (an Elman cell they would unroll)."""
+        import copy
+
+        twin = copy.deepcopy(self).eval()
+        twin.encoder = Unpacked(self.encoder)
+        return twin
+
 
 # ---------------------------------------------------------------------------------------------
 # Presets (parameter counts for the vocabularies named)
@@ -244,6 +253,34 @@ PRESETS = {
 # Export
 
 
+def _single(cell: str, weights: dict, hidden: int) -> nn.Module:
+    """A one-layer, one-direction torch cell holding the given weights."""
+    one = CELLS[cell](weights["weight_ih"].shape[1], hidden, batch_first=True, bias=weights["bias_ih"] is not None)
+    with torch.no_grad():
+        for name, w in weights.items():
+            if w is not None:
+                getattr(one, f"{name}_l0").copy_(w)
+    return one
+
+
+def elman_as_gru(cell: str, weights: dict, hidden: int) -> nn.GRU:
+    """An Elman cell h' = tanh(W x + b + U h + c) as a GRU whose reset gate is open and update gate
+    shut: h' = (1 - z) n + z h, n = tanh(W_n x + b_n + r (U_n h + c_n)), with r = sigmoid(100) = 1 and
+    z = sigmoid(-100) < 1e-43 in float32. The exporters keep a GRU's loop over a free length (an
+    Elman cell they unroll)."""
+    gru = nn.GRU(weights["weight_ih"].shape[1], hidden, batch_first=True)  # gates in the order r, z, n
+    with torch.no_grad():
+        for p in gru.parameters():
+            p.zero_()
+        gru.weight_ih_l0[2 * hidden:] = weights["weight_ih"]
+        gru.weight_hh_l0[2 * hidden:] = weights["weight_hh"]
+        gru.bias_ih_l0[:hidden], gru.bias_ih_l0[hidden:2 * hidden] = 100.0, -100.0
+        if weights["bias_ih"] is not None:
+            gru.bias_ih_l0[2 * hidden:] = weights["bias_ih"]
+            gru.bias_hh_l0[2 * hidden:] = weights["bias_hh"]
+    return gru
+
+
 class Unpacked(nn.Module):
     """The function of a Recurrent called with lengths, without packed sequences (which ONNX and
     torch.export cannot hold): one single-layer cell per layer and direction, holding the trained
@@ -259,19 +296,21 @@ class Unpacked(nn.Module):
         self.cells = nn.ModuleList()
         for layer in range(self.layers):
             for suffix in ("", "_reverse")[: self.directions]:
-                w_ih = getattr(r, f"weight_ih_l{layer}{suffix}")
-                one = CELLS[self.cell](w_ih.shape[1], r.hidden_size, batch_first=True, bias=r.bias)
-                with torch.no_grad():
-                    for name in ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if r.bias else ()):
-                        getattr(one, f"{name}_l0").copy_(getattr(r, f"{name}_l{layer}{suffix}"))
-                self.cells.append(one)
+                weights = {name: getattr(r, f"{name}_l{layer}{suffix}", None)
+                           for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+                make = elman_as_gru if self.cell == "rnn" else _single
+                self.cells.append(make(self.cell, weights, r.hidden_size))
 
     last_hidden = Recurrent.last_hidden
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor, state=None):
-        """x: (B, T, E), lengths (B,) in 1..T -> outputs (B, T, D*H) (0 at padding), state as Recurrent's
-        (an LSTM's cell state is not computed: None)."""
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None, state=None):
+        """x: (B, T, E), lengths (B,) in 1..T (None: all T) -> outputs (B, T, D*H) (0 at padding), state
+        as Recurrent's (an LSTM's cell state is not computed: None). Starts from a zero state only."""
+        if state is not None:
+            raise ValueError("the export form of a recurrent net starts from a zero state")
         B, T = x.shape[:2]
+        if lengths is None:
+            lengths = torch.full((B,), T, dtype=torch.long, device=x.device)
         rows = torch.arange(B, device=x.device)[:, None]  # (B, 1)
         t = torch.arange(T, device=x.device)[None, :]  # (1, T)
         last = lengths[:, None] - 1  # (B, 1)
