@@ -83,6 +83,38 @@ def mean_batch(port: int) -> float:
     return served["items"] / max(1, served["batches"])
 
 
+def forward_costs(run: Path, pngs: list[bytes], folder: Path, repeats: int = 30) -> dict[str, float]:
+    """What bounds batching on a CPU: ms per image of encode_inputs and of the forward pass, alone and
+    16 at a time, in this process on one torch thread."""
+    import torch
+
+    from strata.api import load_run
+    from strata.data import DATASETS
+
+    torch.set_num_threads(1)
+    loaded = load_run(run, device="cpu")
+    spec = DATASETS.get(loaded.cfg.data.name)
+    paths = []
+    for i, png in enumerate(pngs[:16]):
+        paths.append(folder / f"{i}.png")
+        paths[-1].write_bytes(png)
+
+    def per_image(fn, n: int) -> float:
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - t0) / repeats / n * 1000
+
+    out = {"encode": per_image(lambda: spec.encode_inputs([str(p) for p in paths], loaded.info, run), 16)}
+    batch = spec.encode_inputs([str(p) for p in paths], loaded.info, run)
+    with torch.no_grad():
+        for n in (1, 16):
+            x = {"x": batch["x"][:n]}
+            out[f"forward_{n}"] = per_image(lambda: loaded.task.predict_step(x), n)
+    return out
+
+
 def tiny_run(folder: Path) -> Path:
     from strata.api import train
 
@@ -105,9 +137,11 @@ def main() -> None:
     import torch
     from conftest import mnist_digit, running_server
 
-    bodies = [json.dumps({"inputs": [base64.b64encode(mnist_digit(i)[0]).decode()]}).encode() for i in range(64)]
+    pngs = [mnist_digit(i)[0] for i in range(64)]
+    bodies = [json.dumps({"inputs": [base64.b64encode(png).decode()]}).encode() for png in pngs]
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(a.run) if a.run else tiny_run(Path(tmp))
+        costs = forward_costs(run, pngs, Path(tmp))
         on_args = ("--max-batch", str(a.max_batch), "--max-wait-ms", str(a.max_wait_ms))
         with running_server([run], *on_args) as (on_url, on), running_server([run], "--no-batching") as (off_url, off):
             servers = {"on": (int(on_url.rsplit(":", 1)[1]), on.pid), "off": (int(off_url.rsplit(":", 1)[1]), off.pid)}
@@ -131,6 +165,8 @@ def main() -> None:
               f"server CPU {m['cpu_ms']:.2f} ms/request" + (f", mean batch {batch:.1f}" if mode == "on" else ""))
     print(f"  ratio on / off: {med['on']['rps'] / med['off']['rps']:.2f}x throughput, "
           f"{med['off']['cpu_ms'] / med['on']['cpu_ms']:.2f}x less CPU per request")
+    print(f"  per image, in process: encode_inputs {costs['encode']:.2f} ms, forward pass {costs['forward_1']:.2f} ms "
+          f"alone vs {costs['forward_16']:.2f} ms 16 at a time")
 
 
 if __name__ == "__main__":

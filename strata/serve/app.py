@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import threading
+from asyncio import CancelledError
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,7 +307,13 @@ async def generate_stream(runs: Runs, run: ServedRun, request: Request) -> Strea
         loop.call_soon_threadsafe(queue.put_nowait, ("text", piece))
 
     work = loop.run_in_executor(run.executor, lambda: run.generate(options, on_text=on_text))
-    work.add_done_callback(lambda f: queue.put_nowait(("end", f)))
+
+    def finished(f: asyncio.Future) -> None:
+        if not f.cancelled():
+            f.exception()  # retrieved: a stream its client left ends in Stopped, which nobody reads
+        queue.put_nowait(("end", f))
+
+    work.add_done_callback(finished)
 
     async def events():
         deadline = loop.time() + runs.limits.timeout_s
@@ -321,7 +328,7 @@ async def generate_stream(runs: Runs, run: ServedRun, request: Request) -> Strea
                 if kind == "text":
                     yield _event({"text": value})
                     continue
-                failure = value.exception()
+                failure = CancelledError("the server is stopping") if value.cancelled() else value.exception()
                 if failure is None:
                     result = value.result()
                     yield _event({"done": True, "seed": result.get("seed")})
@@ -409,7 +416,8 @@ def build_app(runs: Runs) -> FastAPI:
     async def health():
         return {"status": "ok", "runs": len(runs.by_name)}
 
-    @app.get("/info", summary="The served runs (inputs, actions, classes, columns, generation) and the limits")
+    @app.get("/info", summary="The served runs (inputs, actions, classes, columns, generation; `served`: predict "
+                              "requests, forward passes and inputs so far) and the limits")
     async def info():
         lim = runs.limits
         return {"runs": [r.describe() for r in runs.by_name.values()],

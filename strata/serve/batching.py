@@ -1,9 +1,10 @@
 """Dynamic batching: the items of concurrent requests share one forward pass.
 
-Requests queue their items; a collector task takes the first waiting request, then keeps taking
-requests for up to `max_wait_ms` or until `max_batch` items are gathered, and hands the lot to ONE
-call of `run(items) -> results` in the run's worker thread (torch never runs on the event loop).
-While that pass runs, the next requests queue up, so under load batches fill without waiting.
+Requests queue their items; once the worker is free, a collector task takes the first waiting
+request, then keeps taking requests for up to `max_wait_ms` or until `max_batch` items are gathered,
+and hands the lot to ONE call of `run(items) -> results` in the run's worker thread (torch never
+runs on the event loop). While that pass runs, the next requests queue up, so under load batches
+fill as the answers of the last one bring their clients back.
 
 A batch that fails is rerun request by request, so only the request at fault gets the error.
 With batching off every request is its own pass, through the same queue and the same thread.
@@ -90,8 +91,8 @@ class Batcher:
             count += len(job.items)
             if not self.enabled or count >= self.max_batch:
                 return jobs
-            if deadline is None:
-                deadline = time.perf_counter() + self.max_wait_s
+            if deadline is None:  # counted from when the worker could take it: dispatching what queued behind
+                deadline = time.perf_counter() + self.max_wait_s  # the last batch at once halves the batches
 
     async def _collect_forever(self) -> None:
         loop = asyncio.get_running_loop()

@@ -224,23 +224,56 @@ def test_a_folder_that_is_not_a_run_is_one_line_and_exit_2(tmp_path):
     assert str(tmp_path) in out.stderr and "Traceback" not in out.stderr
 
 
-def test_a_request_past_the_timeout_is_a_504_and_the_next_is_answered(mnist_cnn_run):
-    """In-process (the ASGI app itself): a 1 ms timeout is shorter than the batcher's 5 ms wait."""
+def in_process(app, calls):
+    """Run `calls(client)` against the ASGI app itself (lifespan included); returns what it returns."""
     import asyncio
 
-    from strata.serve import create_app
-
     async def main():
-        app = create_app([mnist_cnn_run], timeout_s=0.001, device="cpu")
-        body = {"inputs": [digit_b64()]}
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://served") as c:
-                late = await c.post("/predict", json=body)
-                app.state.runs.limits = app.state.runs.limits.__class__(timeout_s=30.0)
-                on_time = await c.post("/predict", json=body)
-        return late, on_time
+                return await calls(c)
 
-    late, on_time = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_a_request_past_the_timeout_is_a_504_and_the_next_is_answered(mnist_cnn_run):
+    """A 1 ms timeout is shorter than the batcher's 5 ms wait."""
+    from strata.serve import create_app
+
+    app = create_app([mnist_cnn_run], timeout_s=0.001, device="cpu")
+    body = {"inputs": [digit_b64()]}
+
+    async def calls(c):
+        late = await c.post("/predict", json=body)
+        app.state.runs.limits = app.state.runs.limits.__class__(timeout_s=30.0)
+        return late, await c.post("/predict", json=body)
+
+    late, on_time = in_process(app, calls)
     assert late.status_code == 504 and "timeout" in late.json()["error"], late.text
     assert on_time.status_code == 200 and on_time.json()["predictions"][0]["label"] == "7"
+
+
+def test_a_bug_is_a_short_500_logged_on_the_server(mnist_cnn_run, caplog):
+    from strata.serve import create_app
+
+    app = create_app([mnist_cnn_run], device="cpu")
+    run = app.state.runs.by_name["mnist-cnn"]
+    predict = run.batcher.run
+
+    def broken(items):
+        if len(items) == 2:
+            raise RuntimeError("tensor shapes do not match (a stand-in bug)")
+        return predict(items)
+
+    run.batcher.run = broken
+
+    async def calls(c):
+        return (await c.post("/predict", json={"inputs": [digit_b64()] * 2}),
+                await c.post("/predict", json={"inputs": [digit_b64()]}))
+
+    bug, fine = in_process(app, calls)
+    assert bug.status_code == 500 and bug.json() == {
+        "error": "internal error: a bug in strata, not in your request (logged on the server)", "field": None}
+    assert "stand-in bug" in caplog.text and "Traceback" in caplog.text  # the server's log has it all
+    assert fine.status_code == 200 and fine.json()["predictions"][0]["label"] == "7"
