@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last")
     t.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best available)")
     t.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    t.add_argument("--no-report", action="store_true",
+                   help="do not write RUN_DIR/report.html when the run ends (`strata report RUN_DIR` writes it later)")
 
     e = sub.add_parser("evaluate", help="evaluate a trained run on its validation or test split")
     e.add_argument("run_dir")
@@ -146,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     fe.add_argument("--device")
     fe.add_argument("--json", action="store_true")
 
+    rp = sub.add_parser("report", help="one self-contained HTML page of a run: curves, metrics, errors, attributions")
+    rp.add_argument("run_dir")
+    rp.add_argument("--out", help="the HTML file to write (default RUN_DIR/report.html)")
+    rp.add_argument("--device")
+    rp.add_argument("--json", action="store_true")
+
     s = sub.add_parser("summary", help="layers, output shapes and parameter counts of a config's model")
     s.add_argument("config")
     s.add_argument("--set", dest="overrides", action="append", default=[])
@@ -206,6 +214,12 @@ def cmd_train(a) -> int:
 
     res = train(a.config, a.overrides, run_dir=a.run_dir, device=a.device, resume=a.resume,
                 progress=Progress(enabled=not a.json) if a.json else None)
+    if not a.no_report:
+        from strata.report.html import report_after_training
+
+        written = report_after_training(res.run_dir, device=a.device)
+        if written:
+            print(f"report: {written['out']} ({written['seconds']:.1f} s)", file=sys.stderr)
     if a.json:
         _print(res.summary, True)
     return 0
@@ -303,6 +317,15 @@ def cmd_features(a) -> int:
     return 0
 
 
+def cmd_report(a) -> int:
+    from strata.report.html import write_report
+
+    out = write_report(a.run_dir, out=a.out, device=a.device)
+    _print(out, a.json, f"report: {out['out']} ({out['bytes'] / 1024:.0f} KiB, {out['seconds']:.1f} s): "
+                        + ", ".join(out["sections"]))
+    return 0
+
+
 def cmd_summary(a) -> int:
     from strata.evaluate import model_summary
 
@@ -390,7 +413,7 @@ def cmd_quickstart(a) -> int:
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "generate": cmd_generate,
             "explain": cmd_explain, "summary": cmd_summary, "features": cmd_features, "recipes": cmd_recipes,
-            "datasets": cmd_datasets,
+            "datasets": cmd_datasets, "report": cmd_report,
             "export": cmd_export, "serve": cmd_serve, "quickstart": cmd_quickstart}
 
 

@@ -10,6 +10,7 @@
     tensorboard/       event files, with [trainer] tensorboard = true
     export/            `strata export`: model.onnx or model.pt2, each with <name>.json (its preprocessing)
     features/          `strata features`: filters, feature maps, top patches, the linear-probe curve (features.json)
+    report.html        `strata report` (and the end of `strata train`): the run as one self-contained page
     <artefacts>        files a data set saves for later use (a tokenizer, target statistics)
     .strata-run        marks the folder as strata's; locked while a process trains into it
 
@@ -57,6 +58,7 @@ class RunFolder:
         self.tensorboard = self.path / "tensorboard"
         self.export = self.path / "export"
         self.features = self.path / "features"
+        self.report = self.path / "report.html"
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"

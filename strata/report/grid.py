@@ -45,6 +45,15 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, p
     return grid
 
 
+def png_bytes(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> bytes:
+    """The samples as one PNG grid, in memory (for pages that inline their images)."""
+    import io
+
+    buf = io.BytesIO()
+    _to_pil(make_grid(images, nrow=nrow, padding=padding)).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
 def save_grid(images: torch.Tensor, path, nrow: int | None = None, padding: int = 2) -> Path:
     """Write the samples as one PNG grid (nrow per row; square by default). Returns the path."""
     path = Path(path)

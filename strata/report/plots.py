@@ -70,3 +70,61 @@ def confusion_matrix(y_true, y_pred, class_names: list[str], out: str | Path, ti
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return Path(out)
+
+
+SKIP = ("event", "step", "epoch", "time", "lr")
+
+
+def metric_curves(events: list[dict], out: str | Path) -> Path | None:
+    """One small panel per metric over optimiser steps: the training figure and its validation twin
+    (`loss` with `val/loss`, ...) on the same axes; None when no train or val event was logged."""
+    train = [e for e in events if e.get("event") == "train"]
+    val = [e for e in events if e.get("event") == "val"]
+    names = [k for e in train for k in e if k not in SKIP] + [k[4:] for e in val for k in e if k.startswith("val/")]
+    names = list(dict.fromkeys(sorted(names, key=lambda k: (k != "loss", k))))  # loss first, then by name
+    if not names:
+        return None
+    plt = _plt()
+    cols = min(4, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.6 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        for label, evs, key, colour in (("train", train, name, "tab:blue"), ("val", val, f"val/{name}", "tab:orange")):
+            pts = [(e["step"], e[key]) for e in evs if isinstance(e.get(key), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, ms=3, label=label, color=colour)
+        values = [v for line in ax.get_lines() for v in line.get_ydata()]
+        if values and min(values) > 0 and max(values) / min(values) > 20:
+            ax.set_yscale("log")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return Path(out)
+
+
+def predicted_vs_true(y_true, y_pred, out: str | Path, name: str = "target") -> Path:
+    """A regression's predictions against the truth (the diagonal is perfect) and its residuals."""
+    plt = _plt()
+    y, p = np.asarray(y_true, dtype=float).ravel(), np.asarray(y_pred, dtype=float).ravel()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.8))
+    a.scatter(y, p, s=6, alpha=0.5)
+    lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
+    a.plot([lo, hi], [lo, hi], color="black", lw=1)
+    a.set_xlabel(f"true {name}")
+    a.set_ylabel(f"predicted {name}")
+    a.set_title("predicted vs true")
+    b.hist(p - y, bins=40, color="tab:blue", alpha=0.8)
+    b.set_xlabel("residual (predicted - true)")
+    b.set_ylabel("examples")
+    b.set_title("residuals")
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return Path(out)
