@@ -219,3 +219,10 @@ class LanguageModel(Task):
         if r["n"] > 1:
             result["samples"] = samples
         return result
+
+    def export_graph(self, batch):
+        """`strata export`: the model's forward without its state, tokens (B, T) -> next-token logits,
+        with a free length up to the context (strata/export/graph.py)."""
+        from strata.export.graph import next_token_graph
+
+        return next_token_graph(self.model, batch["tokens"][:, :-1].long(), self.context_size())

@@ -322,13 +322,14 @@ def mlp_run(tmp_path_factory) -> Path:
 
 
 def test_the_cli_exports_and_prints_the_measured_difference(mlp_run, tmp_path, capsys):
-    code, out, err = cli(capsys, "export", mlp_run, "--out", tmp_path / "digits.onnx", "--json")
+    code, out, err = cli(capsys, "export", mlp_run, "--format", "pt2", "--out", tmp_path / "digits.pt2", "--json")
     assert code == 0, err
     res = json.loads(out)
-    assert res["out"] == str(tmp_path / "digits.onnx") and res["max_abs_diff"] <= TOLERANCE
-    assert res["preprocessing"] == str(tmp_path / "digits.onnx.json")
-    code, out, err = cli(capsys, "export", mlp_run, "--out", tmp_path / "digits.onnx")  # its own export: replaced
-    assert code == 0 and "max |exported - torch|" in out
+    assert res["out"] == str(tmp_path / "digits.pt2") and res["max_abs_diff"] <= TOLERANCE
+    assert res["preprocessing"] == str(tmp_path / "digits.pt2.json")
+    # its own earlier export is replaced
+    code, out, err = cli(capsys, "export", mlp_run, "--format", "pt2", "--out", tmp_path / "digits.pt2")
+    assert code == 0 and "max |exported - torch|" in out and "inputs: x (?, 1, 8, 8) float32" in out
 
 
 def test_a_folder_that_is_not_a_run_is_refused(tmp_path, capsys):
@@ -370,7 +371,7 @@ def test_a_failed_parity_check_names_the_figure_and_keeps_no_file(mlp_run, tmp_p
 
     monkeypatch.setattr(strata.export, "TOLERANCE", -1.0)  # no export can pass: the failure path
     with pytest.raises(StrataError, match=r"differs from torch by up to \S+ on real test inputs .*no file was kept"):
-        export_run(mlp_run, out=tmp_path / "new" / "model.onnx")
+        export_run(mlp_run, fmt="pt2", out=tmp_path / "new" / "model.pt2")
     assert list(tmp_path.iterdir()) == []  # not even the folder it made
 
 
