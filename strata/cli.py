@@ -113,13 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("explain", help="which pixels or features of an input a run's output depends on")
     x.add_argument("run_dir")
-    x.add_argument("inputs", nargs="+")
+    x.add_argument("inputs", nargs="*", help="images, table rows or files, sentences; a language model's prompt")
+    x.add_argument("--prompt", help="language models: the text whose next token is explained")
     x.add_argument("--method", default="integrated_gradients",
-                   help="integrated_gradients (default) or gradient_x_input")
+                   help="integrated_gradients (default), gradient_x_input, saliency, occlusion, grad_cam (images); "
+                        "text: integrated_gradients, gradient_x_input, attention (transformers' maps)")
     x.add_argument("--target", help="the class (index or name) or output to explain; default: the predicted one")
     x.add_argument("--steps", type=_positive_int("--steps"), default=32, help="integrated-gradients path steps")
     x.add_argument("--top", type=_positive_int("--top"), default=10, help="features listed for non-image inputs")
-    x.add_argument("--out", help="heatmap PNG for image inputs (default RUN_DIR/explain.png)")
+    x.add_argument("--out", help="heatmap PNG for image inputs (default RUN_DIR/explain.png); attention maps "
+                                 "(default RUN_DIR/attention.png)")
     x.add_argument("--device")
     x.add_argument("--json", action="store_true")
 
@@ -271,20 +274,30 @@ def cmd_generate(a) -> int:
 
 
 def cmd_explain(a) -> int:
+    from strata.errors import StrataError
     from strata.evaluate import explain_run
+    from strata.explain.text import tokens_text
 
-    results = explain_run(a.run_dir, a.inputs, method=a.method, target=a.target, steps=a.steps, out=a.out,
+    inputs = list(a.inputs) + ([a.prompt] if a.prompt is not None else [])
+    if not inputs:
+        raise StrataError("give the inputs to explain (images, table rows, sentences) or a language model's "
+                          "--prompt TEXT")
+    results = explain_run(a.run_dir, inputs, method=a.method, target=a.target, steps=a.steps, out=a.out,
                           top=a.top, device=a.device)
     if a.json:
         _print({"explanations": results}, True)
         return 0
     for r in results:
         gap = f", completeness gap {r['completeness_gap']:+.4f}" if "completeness_gap" in r else ""
-        print(f"{r['input']}: {r['target']} (score {r['score']:.4f}); attributions sum to "
-              f"{r['attribution_sum']:.4f}{gap}")
+        what = "attention received in the last layer" if r["method"] == "attention" else "attributions"
+        print(f"{r['input']}: {r['target']} (score {r['score']:.4f}); {what} sum to {r['attribution_sum']:.4f}{gap}")
+        if "tokens" in r:
+            tokens_text(r["tokens"])
         for f in r.get("top", []):
             print(f"  feature {f['feature']}: {f['attribution']:+.4f}")
-    if results and "out" in results[0]:
+        if r["method"] == "attention":
+            print(f"attention maps ({r['layers']} layers x {r['heads']} heads): {r['out']}")
+    if results and "out" in results[0] and results[0]["method"] != "attention":
         print(f"heatmap: {results[0]['out']}")
     return 0
 

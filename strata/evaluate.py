@@ -12,7 +12,7 @@ from strata.build import resolve_config
 from strata.data import DATASETS, load_data
 from strata.device import pick_device
 from strata.errors import MISFIT_ERRORS, StrataError, model_misfit
-from strata.run_folder import RunFolder
+from strata.explain.run import explain_run  # noqa: F401  (`strata explain`, the server's /explain)
 from strata.train.evaluation import evaluate
 from strata.train.loader import EpochBatches, to_device
 
@@ -96,72 +96,3 @@ def model_summary(config, overrides=()) -> tuple[list[dict], int]:
         for h in handles:
             h.remove()
     return rows, sum(p.numel() for p in task.parameters())
-
-
-def explain_run(run_dir, inputs: list[str], method: str = "integrated_gradients", target=None, steps: int = 32,
-                out=None, top: int = 10, device: str | None = None) -> list[dict]:
-    """Attribute a run's score for each input to the input's pixels or features (strata/explain).
-    Images: a PNG at `out` (default RUN_DIR/explain.png) with one row per input (the input, then
-    red where it raises the score and blue where it lowers it). Other inputs: the `top` features by
-    |attribution| in each result."""
-    from strata.data.images import apply_normalize
-    from strata.explain.attributions import METHODS, attribute, heatmap
-    from strata.report.grid import save_grid
-
-    if method not in METHODS:
-        raise StrataError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1024:
-        raise StrataError(f"--steps must be a whole number from 1 to 1024, got {steps!r}")
-    run, batch = _run_and_inputs(run_dir, inputs, device)
-    task = run.task.eval()
-    x = batch[task.input_key]
-    if not torch.is_tensor(x) or not x.is_floating_point():
-        raise StrataError("attributions need real-valued inputs (images, table rows, audio frames, time series); "
-                          "this run reads token ids")
-    with torch.no_grad():
-        scores = task.explain_scores(x).float()
-    names = task.explain_names()
-    k = scores.shape[1]
-    if target is None:
-        t = scores.argmax(1)
-    else:
-        idx = names.index(target) if target in names else (int(target) if str(target).lstrip("-").isdigit() else None)
-        if idx is None or not 0 <= idx < k:
-            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-            raise StrataError(f"--target must be a score index 0..{k - 1}" + (f" or a name ({shown})" if names else "")
-                              + f", got {target!r}")
-        t = torch.full((len(x),), idx, dtype=torch.long, device=x.device)
-    image = x.dim() == 4
-    baseline = apply_normalize(torch.zeros_like(x).cpu(), run.info.get("normalize")).to(x.device) \
-        if image and isinstance(run.info.get("normalize"), dict) else None
-    attr, gap = attribute(method, task.explain_scores, x, t, baseline=baseline, steps=steps)
-    shape = tuple(attr.shape[1:])
-    columns, feature_names = run.info.get("inputs") or [], run.info.get("feature_names") or []
-    if len(shape) == 2 and len(columns) == shape[1]:  # time series: (time steps, columns)
-        label = lambda f: f"{columns[f % shape[1]]} at step {f // shape[1] - shape[0]}"  # noqa: E731
-    elif len(shape) == 1 and len(feature_names) == shape[0]:  # table rows
-        label = lambda f: feature_names[f]  # noqa: E731
-    else:
-        label = lambda f: str(list(map(int, torch.unravel_index(torch.tensor(f), shape))))  # noqa: E731
-    results = []
-    for i, inp in enumerate(example_labels(inputs, len(x))):
-        j = int(t[i])
-        r = {"input": inp, "target": names[j] if j < len(names) else j, "score": round(float(scores[i, j]), 6),
-             "method": method, "attribution_sum": round(float(attr[i].sum()), 6)}
-        if gap is not None:
-            r["completeness_gap"] = round(float(gap[i]), 6)  # f(x) - f(baseline) - sum; small: steps suffice
-        if not image:
-            flat = attr[i].flatten()
-            order = flat.abs().argsort(descending=True)[:top].tolist()
-            r["top"] = [{"feature": label(f), "attribution": round(float(flat[f]), 6)} for f in order]
-        results.append(r)
-    if image:
-        shown = x.detach().cpu()
-        stats = run.info.get("normalize")
-        if isinstance(stats, dict):  # back to [0, 1] for display
-            shape = (1, -1, 1, 1)
-            shown = shown * torch.tensor(stats["std"]).view(shape) + torch.tensor(stats["mean"]).view(shape)
-        path = save_grid(heatmap(shown, attr.cpu()), out or RunFolder(run_dir).artefact("explain.png"), nrow=2)
-        for r in results:
-            r["out"] = str(path)
-    return results

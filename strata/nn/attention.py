@@ -9,9 +9,18 @@ One module serves the three uses of a transformer:
   token costs one query against the cache instead of a pass over the whole prefix.
 
 Masks are boolean with True = may attend, the convention of scaled_dot_product_attention.
+
+For explanations there is a slow path that also returns the attention weights (the fused kernels
+never form them): `record_attention(model)` makes every attention layer inside `model` compute
+softmax(Q K^T / sqrt(d) + mask) itself and keep its weights, (B, H, T, S) per call, for as long as
+the context lasts. It gives the fast path's output (tested to 1e-5) and is used only to explain.
 """
 
 from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +85,34 @@ def causal_mask(t_q: int, t_k: int, device=None) -> torch.Tensor:
     return torch.arange(t_k, device=device)[None, :] <= q_pos
 
 
+def attention_with_weights(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                           is_causal: bool, dropout_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The slow path of scaled_dot_product_attention: (output (B, H, T, D), weights (B, H, T, S))."""
+    T, S = q.shape[-2], k.shape[-2]
+    if is_causal:
+        mask = causal_mask(T, S, q.device)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, S): q.k / sqrt(d)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    w = scores.float().softmax(-1).nan_to_num(0.0).to(q.dtype)  # a query with every key masked: zeros
+    return F.dropout(w, dropout_p) @ v if dropout_p else w @ v, w
+
+
+@contextmanager
+def record_attention(model: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Within the context, every MultiHeadAttention in `model` takes the slow path and appends its
+    weights (B, H, T, S), detached, to a list under its module name (e.g. "blocks.0.attn")."""
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, MultiHeadAttention)}
+    maps: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    for name, m in layers.items():
+        m.recorded = maps[name]
+    try:
+        yield maps
+    finally:
+        for m in layers.values():
+            m.recorded = None
+
+
 class MultiHeadAttention(nn.Module):
     """softmax(Q K^T / sqrt(d) + mask) V over `n_heads` heads of width dim / n_heads.
 
@@ -95,6 +132,7 @@ class MultiHeadAttention(nn.Module):
         self.kv = nn.Linear(context_dim or dim, 2 * dim, bias=bias)
         self.out = nn.Linear(dim, dim, bias=bias)
         self.out_dropout = nn.Dropout(dropout)
+        self.recorded: list[torch.Tensor] | None = None  # set by record_attention: take the slow path
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -139,8 +177,12 @@ class MultiHeadAttention(nn.Module):
             else:
                 c = causal_mask(T, t_k, x.device)[None, None]  # (1, 1, T, t_k)
                 mask = c if mask is None else mask & c
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        p = self.dropout if self.training else 0.0
+        if self.recorded is None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p)
+        else:
+            y, weights = attention_with_weights(q, k, v, mask, is_causal, p)
+            self.recorded.append(weights.detach())
         # A query whose every key is masked (an empty sequence) gets NaN from a softmax over -inf
         # alone; zero it so that NaN cannot spread through later sums.
         if mask is not None:

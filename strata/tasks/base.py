@@ -128,6 +128,15 @@ class Task(nn.Module):
     def explain_names(self) -> list[str]:
         return []
 
+    def explain_inputs(self, inputs: list[str], spec, info: dict, run_dir) -> dict:
+        """A user's inputs as a batch for `strata explain`: by default as the data set encodes them
+        for predict (`spec.encode_inputs`)."""
+        return spec.encode_inputs(list(inputs), info, run_dir)
+
+    def explain_args(self, batch: dict) -> tuple[torch.Tensor, tuple]:
+        """(the input attributions are taken on, further arguments of explain_scores such as lengths)."""
+        return batch[self.input_key], ()
+
     def export_graph(self, batch: dict):
         """What `strata export` writes for this task: an ExportGraph (strata/export/graph.py) whose
         example inputs come from `batch`, a real batch of the run's data. Tasks that have none say why."""

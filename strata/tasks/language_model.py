@@ -175,6 +175,27 @@ class LanguageModel(Task):
     def example_input(self, batch):
         return batch["tokens"][:, :-1].long()
 
+    # --- explain: which earlier tokens the next-token prediction rests on ----------------------
+    def explain_scores(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, V) logits of the token after each prompt's last real position (prompts right-padded;
+        the model is causal, so padding after a position never reaches it)."""
+        logits, _ = self.model(tokens)  # (B, T, V)
+        last = (lengths if lengths is not None else torch.full((len(tokens),), tokens.shape[1])) - 1
+        return logits[torch.arange(len(tokens), device=logits.device), last.to(logits.device).long()]
+
+    def explain_inputs(self, inputs, spec, info, run_dir) -> dict:
+        """Prompts -> {"tokens" (B, T) right-padded, "lengths"}, each cut to its last context_size tokens."""
+        from strata.data.text import check_sentences, pad_batch
+
+        check_sentences(inputs)
+        tok = load_tokenizer(run_dir)
+        context = self.context_size()
+        return pad_batch([tok.encode(s, warn=False)[-context:] if context else tok.encode(s, warn=False)
+                          for s in inputs])
+
+    def explain_args(self, batch):
+        return batch["tokens"].long(), (batch["lengths"],)
+
     # --- generation -------------------------------------------------------------------------
     def context_size(self) -> int | None:
         return getattr(self.model, "context_size", None) or self.info.get("block_size")

@@ -106,6 +106,17 @@ class SequenceClassify(Task):
         x, lengths = self.inputs(batch)
         return top_k_predictions(self.model(x, lengths), self.class_names, self.cfg.top_k)
 
+    # --- explain: token ids (attributed at the embedding) or feature frames, with their lengths ----
+    def explain_scores(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(x, lengths)
+
+    def explain_names(self) -> list[str]:
+        return self.class_names
+
+    def explain_args(self, batch):
+        x, lengths = self.inputs(batch)
+        return x, (lengths,)
+
     def export_graph(self, batch):
         """Class logits from (inputs, lengths); the batch and the sequence length are dynamic. The
         same batch cut to half its length is checked too (a real input of another length)."""
