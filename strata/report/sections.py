@@ -169,7 +169,7 @@ def metrics(ctx: Context) -> list[Section]:
                                              f"`strata evaluate {ctx.folder.path}` measures the checkpoint."),
                         "test-metrics")]
     order = sorted(figures, key=lambda k: (not k.startswith("test/"), not k.startswith("val/"), k))
-    return [Section("Test metrics", table(["metric", "value"], [[k, figures[k]] for k in order], "test-metrics"),
+    return [Section("Test metrics", table(["metric", "value"], [[k, figures[k]] for k in order], "metrics"),
                     "test-metrics")]
 
 
@@ -293,7 +293,7 @@ def top_losses(ctx: Context, idx: torch.Tensor, logits, y, losses, names) -> str
         items.append(figure(shown[n][0], caption + shown[n][1], f'class="top-loss" data-loss="{float(losses[i]):.6f}"'))
     return ('<p class="muted">The examples with the highest loss, highest first; the attribution explains the '
             "predicted class (integrated gradients: red raised its score, blue lowered it).</p>"
-            f'<div class="gallery" id="top-losses">{"".join(items)}</div>')
+            f'<div class="gallery" id="top-loss-examples">{"".join(items)}</div>')
 
 
 def _attributions(ctx: Context, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -419,7 +419,9 @@ JUDGED = ("frechet", "share_min", "share_max", "recognised", "recognised_min_cla
 @guarded("Samples")
 def samples(ctx: Context) -> list[Section]:
     """A seeded grid of samples, the same on every report of this run."""
-    out = ctx.run.task.generate({"n": SAMPLES, "seed": 0, "out": str(ctx.png("samples.png"))}, ctx.folder.path)
+    k = len(ctx.info.get("class_names") or ()) if getattr(ctx.run.task, "conditional", False) else 0
+    n = k * max(1, SAMPLES // k) if k else SAMPLES  # a conditional grid: whole rows of one sample per class
+    out = ctx.run.task.generate({"n": n, "seed": 0, "out": str(ctx.png("samples.png"))}, ctx.folder.path)
     what = "one column per class" if "classes" in out else "seed 0"
     return [Section("Samples", figure(png_file(out["out"], "generated samples", "pixels"),
                                       f"{out['n']} samples ({what}); <code>strata generate {esc(ctx.folder.path)} "
@@ -466,7 +468,7 @@ def translations(ctx: Context) -> list[Section]:
     rows = [[src_tok.decode(s[:int(n)].tolist()), tgt_tok.decode(t[1:int(m) - 1].tolist()), h]
             for s, n, t, m, h in zip(src.cpu(), sl.cpu(), tgt.cpu(), tl.cpu(), hyps)]
     return [Section("Translations", f'<p class="muted">The first {len(rows)} {split} sentences (beam search).</p>'
-                    + table(["source", "reference", "translation"], rows, "translations", numeric_from=9))]
+                    + table(["source", "reference", "translation"], rows, "translation-table", numeric_from=9))]
 
 
 # --- recommenders ----------------------------------------------------------------------------------
