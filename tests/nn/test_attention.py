@@ -114,3 +114,53 @@ def test_rotary_scores_depend_on_relative_position_only():
     assert not torch.allclose(score(5, 2), score(5, 4))
     # A rotation keeps the norm.
     torch.testing.assert_close(apply_rotary(q, cos[7:8], sin[7:8]).norm(), q.norm())
+
+
+def test_the_slow_path_that_records_weights_equals_the_fused_one():
+    """record_attention: same outputs as scaled_dot_product_attention (1e-5) for every mask and the
+    cache; weights (B, H, T, S) sum to 1 over the keys, 0 at padded keys and above a causal diagonal."""
+    from strata.nn.attention import record_attention
+
+    att, cross = make(), make(context_dim=16)
+    x, ctx = torch.randn(3, 6, 32), torch.randn(3, 8, 16)
+    keys = padding_mask(torch.tensor([6, 4, 1]), 6)
+    ctx_keys = padding_mask(torch.tensor([8, 3, 5]), 8)
+    calls = [lambda: att(x), lambda: att(x, causal=True), lambda: att(x, key_mask=keys),
+             lambda: att(x, key_mask=keys, causal=True), lambda: cross(x, ctx, key_mask=ctx_keys)]
+    fast = [f() for f in calls]
+    with record_attention(att) as maps, record_attention(cross) as cross_maps:
+        slow = [f() for f in calls]
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    full, causal, padded, both = maps[""]
+    (crossed,) = cross_maps[""]
+    assert full.shape == (3, 4, 6, 6) and crossed.shape == (3, 4, 6, 8)
+    for w in (full, causal, padded, both, crossed):
+        torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
+    above = torch.ones(6, 6, dtype=torch.bool).triu(1)
+    assert (causal[..., above] == 0).all() and (both[..., above] == 0).all() and (full[..., above] > 0).all()
+    assert (padded[1, :, :, 4:] == 0).all() and (padded[2, :, :, 1:] == 0).all()
+    assert (crossed[1, :, :, 3:] == 0).all()
+    assert att.recorded is None and len(att(x)) == 3  # the context ends: back to the fused kernels
+
+    cache = LayerCache()  # one new token at a time against a cache: one row of weights per step
+    with record_attention(att) as maps:
+        steps = [att(x[:, :3], causal=True, cache=cache)] + [att(x[:, t:t + 1], causal=True, cache=cache)
+                                                              for t in range(3, 6)]
+    torch.testing.assert_close(torch.cat(steps, 1), fast[1], atol=1e-5, rtol=1e-5)
+    assert [tuple(w.shape[-2:]) for w in maps[""]] == [(3, 3), (1, 4), (1, 5), (1, 6)]
+    torch.testing.assert_close(maps[""][-1][:, :, 0], causal[:, :, -1])
+
+
+def test_record_attention_names_each_layer_of_a_model_and_keeps_its_logits():
+    from strata.models.transformer import GPT, GPTConfig
+    from strata.nn.attention import record_attention
+
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=50, context_size=16, n_layer=2, n_head=2, dim=16)).eval()
+    tokens = torch.randint(0, 50, (2, 10))
+    fast, _ = gpt(tokens)
+    with record_attention(gpt) as maps:
+        slow, _ = gpt(tokens)
+    torch.testing.assert_close(slow, fast, atol=1e-5, rtol=1e-5)
+    assert list(maps) == ["blocks.0.attn", "blocks.1.attn"] and maps["blocks.1.attn"][0].shape == (2, 2, 10, 10)
