@@ -86,26 +86,69 @@ def activation_maps(act: torch.Tensor, image: torch.Tensor, k: int = 15) -> torc
 # Top-activating patches
 
 
-def receptive_field(model, stage: Stage, in_shape: tuple, samples: int = 16):
-    """-> ((top, left, height, width) of the input box that the stage's centre unit sees, its (row, col)
-    stride in input pixels, the centre unit's (row, col)). Measured: the box around every input pixel
-    with a nonzero gradient of that unit, over random inputs (one input can hide part of the field
-    behind a max pool or a ReLU)."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    x = torch.randn(samples, *in_shape, device=device, requires_grad=True)
+def _support(g: torch.Tensor) -> tuple[int, int, int, int] | None:
+    """(top, left, bottom, right) of the pixels with a nonzero gradient (B, C, H, W), or None."""
+    seen = g.abs().sum((0, 1)) > 0  # (H, W)
+    rows, cols = seen.any(1).nonzero()[:, 0], seen.any(0).nonzero()[:, 0]
+    if len(rows) == 0:
+        return None
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+class _Stop(Exception):
+    """Ends a forward pass once the stage of interest has run."""
+
+
+def _unit_boxes(model, stage: Stage, x: torch.Tensor):
+    """The stage's map size (h, w), and the input boxes (see _support) of its centre unit and of the
+    unit one down and right of it, by gradients of |activation| summed over channels and examples."""
+
+    def stop(module, inputs, output):
+        raise _Stop
+
     with Catch([stage], detach=False) as caught, torch.enable_grad():
-        model(x)
+        handle = stage.module.register_forward_hook(stop)  # after Catch's own hook
+        try:
+            model(x)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
         act = caught.outputs[stage.name]  # (B, C, h, w)
         h, w = act.shape[-2:]
         ci, cj = h // 2, w // 2
-        (g,) = torch.autograd.grad(act[:, :, ci, cj].abs().sum(), x)
-    seen = g.abs().sum((0, 1)) > 0  # (H, W)
-    H, W = in_shape[-2:]
-    rows, cols = seen.any(1).nonzero()[:, 0], seen.any(0).nonzero()[:, 0]
-    if len(rows) == 0:  # a unit that sees nothing (all dead): its whole image
-        return (0, 0, H, W), (H / h, W / w), (ci, cj)
-    box = (int(rows[0]), int(cols[0]), int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1))
-    return box, (H / h, W / w), (ci, cj)
+        boxes = []
+        for i, j in ((ci, cj), (ci + 1, cj + 1)):
+            if i < h and j < w:
+                (g,) = torch.autograd.grad(act[:, :, i, j].abs().sum(), x, retain_graph=True)
+                boxes.append(_support(g))
+    return (h, w), (ci, cj), boxes
+
+
+def receptive_field(model, stage: Stage, in_shape: tuple, samples: int = 8):
+    """-> ((top, left, height, width) of the input box that the stage's unit (0, 0) sees (top and left
+    may be negative: padding), the (row, col) stride between neighbouring units in input pixels).
+    Measured: the box around every input pixel with a nonzero gradient of one unit over random inputs
+    (one input can hide part of the field behind a max pool or a ReLU), on an input three times as
+    large so that the border clips no field; a model that takes only its own size is measured on that."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    C, H, W = in_shape
+    for scale in (3, 1):
+        x = torch.randn(samples, C, scale * H, scale * W, device=device, requires_grad=True)
+        try:
+            (h, w), (ci, cj), boxes = _unit_boxes(model, stage, x)
+            break
+        except (RuntimeError, ValueError, IndexError, TypeError):  # a model fixed to its input size
+            if scale == 1:
+                raise
+    if not boxes or boxes[0] is None:  # a unit that sees nothing (all dead): the whole image
+        return (0, 0, H, W), (H / h, W / w)
+    top, left, bottom, right = boxes[0]
+    stride = (scale * H / h, scale * W / w)
+    if len(boxes) == 2 and boxes[1] is not None:
+        stride = (boxes[1][0] - top, boxes[1][1] - left) if scale > 1 or (top > 0 and left > 0) else \
+            (boxes[1][2] - bottom, boxes[1][3] - right)
+    return (top - round(ci * stride[0]), left - round(cj * stride[1]), bottom - top, right - left), stride
 
 
 def crop(image: torch.Tensor, top: int, left: int, height: int, width: int) -> torch.Tensor:
@@ -137,12 +180,12 @@ def top_patches(model, stage: Stage, images: torch.Tensor, shown: torch.Tensor, 
     best, where = torch.cat(best), torch.cat(where)  # (N, C)
     h, w = act.shape[-2:]
     chosen = best.mean(0).argsort(descending=True)[:channels]
-    (top, left, rh, rw), (sh, sw), (ci, cj) = receptive_field(model, stage, tuple(images.shape[1:]))
+    (top, left, rh, rw), (sh, sw) = receptive_field(model, stage, tuple(images.shape[1:]))
     patches = []
     for c in chosen.tolist():
         for n in best[:, c].argsort(descending=True)[:k].tolist():
             i, j = divmod(int(where[n, c]), w)
-            patches.append(crop(shown[n], top + round((i - ci) * sh), left + round((j - cj) * sw), rh, rw))
+            patches.append(crop(shown[n], top + round(i * sh), left + round(j * sw), rh, rw))
     return torch.stack(patches), chosen.tolist()
 
 
@@ -203,7 +246,8 @@ def _inputs(run, files: list[str]) -> tuple[torch.Tensor, list[str]]:
 def features_run(run_dir, inputs: list[str] | None = None, layers: list[str] | None = None, parts=None,
                  out=None, probe_examples: int = 5000, max_features: int = 2048, channels: int = 8, top: int = 8,
                  patch_examples: int = 2000, device: str | None = None) -> dict:
-    """Draw what a trained run computes, stage by stage, into RUN_DIR/features (or `out`):
+    """Draw what a trained run (a run folder, or the Run strata.fit / strata.load return) computes,
+    stage by stage, into RUN_DIR/features (or `out`):
 
     filters.png           the first convolution's kernels
     maps-<input>-<stage>.png   each stage's strongest feature maps for each input (default: the
@@ -220,11 +264,17 @@ def features_run(run_dir, inputs: list[str] | None = None, layers: list[str] | N
     from strata.data import load_data
     from strata.device import pick_device
 
+    from strata.fitting import Run
+
     unknown = [p for p in (parts or ()) if p not in PARTS]
     if unknown:
         raise StrataError(f"--only {unknown[0]}: unknown part; parts: {', '.join(PARTS)}")
-    folder = _out_folder(run_dir, out)
-    run = load_run(run_dir, device=pick_device(device or "auto"))
+    run = run_dir if isinstance(run_dir, Run) else load_run(run_dir, device=pick_device(device or "auto"))
+    folder = _out_folder(run.run_dir, out)
+    if run.cfg.data.name == "python":
+        raise StrataError("this run was trained on arrays given in Python, which its folder does not keep; the "
+                          "pictures are drawn from a data set's test split: train on a registered data set or a "
+                          ".csv / .npz file (strata.fit(model, \"mnist\") or a path)")
     task, model = run.task.eval(), run.model.eval()
     dev = run.device
     has_conv = bool(conv2d_layers(model))

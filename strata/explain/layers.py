@@ -70,17 +70,21 @@ def _groups(model: nn.Module) -> list[list[tuple[str, nn.Module]]]:
 
 def stages(model: nn.Module, run) -> list[Stage]:
     """The stages of `model` in the order they run, the output last; `run()` calls the model once on
-    a small batch. A stage is caught at the last member of its group that runs once per call: a
-    dropout or pooling module reused later in forward (an RNN's dropout before its head) would
-    otherwise hand over its later output."""
+    a small batch. A stage is caught at the last member of its group that runs once per call and
+    keeps the rank of the group's first output: a dropout or pooling module reused later in forward
+    (an RNN's dropout before its head) would hand over its later output, and a flatten would turn
+    feature maps into a vector."""
     groups = _groups(model)
     calls: dict[int, int] = {}
     order: list[int] = []
+    ranks: dict[int, int] = {}
 
     def count(module, inputs, output):
         calls[id(module)] = calls.get(id(module), 0) + 1
         if id(module) not in order:
             order.append(id(module))
+        t = first_tensor(output)
+        ranks[id(module)] = t.dim() if t is not None else -1
 
     mods = {id(m): m for g in groups for _, m in g}
     handles = [m.register_forward_hook(count) for m in mods.values()]
@@ -93,12 +97,13 @@ def stages(model: nn.Module, run) -> list[Stage]:
                 h.remove()
     found = []
     for g in groups:
-        once = [(n, m) for n, m in g if calls.get(id(m)) == 1]
         ran = [(n, m) for n, m in g if calls.get(id(m))]
         if not ran:
             continue  # built but never called
+        # not past a flatten either: a stage of feature maps is caught as feature maps
+        once = [(n, m) for n, m in g if calls.get(id(m)) == 1 and ranks[id(m)] == ranks[id(ran[0][1])]]
         name, module = once[-1] if once else ran[0]
-        found.append((order.index(id(ran[0][1])), Stage(name, module, "+".join(type(m).__name__ for _, m in g))))
+        found.append((order.index(id(ran[0][1])), Stage(name, module, describe([m for _, m in g]))))
     found = [s for _, s in sorted(found, key=lambda p: p[0])]
     out = caught.outputs.get(OUTPUT)
     if found and out is not None:
@@ -108,14 +113,34 @@ def stages(model: nn.Module, run) -> list[Stage]:
         t = last.outputs.get(found[-1].name)
         if t is not None and t.shape == out.shape and torch.equal(t, out):
             return found  # the last stage is the output (a layer list ending in its linear layer)
-    return found + [Stage(OUTPUT, model, type(model).__name__)]
+    return found + [Stage(OUTPUT, model, OUTPUT)]
+
+
+def describe(group: list[nn.Module]) -> str:
+    """What a stage is made of, e.g. "Conv2d+Tanh+AvgPool2d", "Conv2d x2+MaxPool2d", "Block": a module of
+    a person's (or a model file's) own class by its name, torch's layers one by one, repeats counted."""
+    names: list[str] = []
+    for m in group:
+        own = not type(m).__module__.startswith("torch.") and not isinstance(m, CONTAINERS)
+        if own or not list(m.children()):
+            names.append(type(m).__name__)
+        else:
+            names += [type(leaf).__name__ for leaf in m.modules() if not list(leaf.children())
+                      and not isinstance(leaf, (nn.Identity, nn.Dropout, nn.modules.batchnorm._NormBase))]
+    out: list[list] = []
+    for n in names:
+        if out and out[-1][0] == n:
+            out[-1][1] += 1
+        else:
+            out.append([n, 1])
+    return "+".join(n if k == 1 else f"{n} x{k}" for n, k in out)
 
 
 def named_stage(model: nn.Module, name: str) -> Stage:
     """The module called `name` in named_modules ("output": the model itself); an unknown name is an
     error that suggests the closest and lists some."""
     if name == OUTPUT:
-        return Stage(OUTPUT, model, type(model).__name__)
+        return Stage(OUTPUT, model, OUTPUT)
     modules = dict(model.named_modules())
     modules.pop("", None)
     if name not in modules:
