@@ -124,16 +124,23 @@ def parse(model: type[BaseModel], data: Any) -> Any:
 # --- answers ------------------------------------------------------------------------------------------
 
 
+class Answer(JSONResponse):
+    """JSON as `strata predict --json` writes it (anything else as its text), in strict JSON (no NaN)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, default=str, allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def error(status: int, message: str, field: str | None = None) -> JSONResponse:
     return JSONResponse({"error": message, "field": field}, status_code=status)
 
 
 async def answer(work: Callable[[], Awaitable[Any]]) -> Any:
     """Run a handler's work, turning what it raises into the API's error answers. A dict is sent as
-    JSON as it is (plain JSON types already: FastAPI's encoder would walk it again)."""
+    JSON directly (FastAPI's encoder would walk it again)."""
     try:
         result = await work()
-        return JSONResponse(result) if isinstance(result, dict) else result
+        return Answer(result) if isinstance(result, dict) else result
     except BadInput as e:
         return error(e.status, e.message, e.field)
     except StrataError as e:
@@ -163,6 +170,7 @@ async def read_json(request: Request, limits: Limits) -> Any:
         if size > limits.max_body_bytes:
             raise too_large
         chunks.append(chunk)
+    request.state.body_bytes = size
     try:
         return json.loads(b"".join(chunks))
     except (ValueError, RecursionError) as e:
@@ -233,12 +241,14 @@ async def predict(runs: Runs, run: ServedRun, request: Request) -> dict:
     files = runs.scratch.files()
     job = None
     try:
-        if sum(len(x) for x in body.inputs if isinstance(x, str)) <= INLINE_BYTES:
+        if request.state.body_bytes <= INLINE_BYTES:
             inputs = run.prepare(body.inputs, files)  # a small image decodes faster than a thread hop
         else:
             inputs = await asyncio.to_thread(run.prepare, body.inputs, files)
         job = run.batcher.submit(inputs)
         return {"predictions": await asyncio.wait_for(asyncio.shield(job.future), runs.limits.timeout_s)}
+    except StrataError as e:
+        raise StrataError(files.redact(str(e))) from None
     finally:
         if job is None or job.future.done():
             files.remove()
@@ -259,8 +269,11 @@ async def explain(runs: Runs, run: ServedRun, request: Request) -> dict:
     except BaseException:
         files.remove()
         raise
-    out = await runs.run_in_worker(run, lambda: run.explain(inputs, body.target, body.method, body.steps),
-                                   after=files.remove)
+    try:
+        out = await runs.run_in_worker(run, lambda: run.explain(inputs, body.target, body.method, body.steps),
+                                       after=files.remove)
+    except StrataError as e:
+        raise StrataError(files.redact(str(e))) from None
     for i, r in enumerate(out["explanations"]):
         if i < len(body.inputs):
             r["input"] = f"inputs[{i}]"

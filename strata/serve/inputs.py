@@ -67,6 +67,13 @@ class RequestFiles:
         self.paths.append(p)
         return p
 
+    def redact(self, message: str) -> str:
+        """A message about these files, naming each as the request item it came from (`inputs[2]`)
+        instead of where the server keeps it."""
+        for p in self.paths:
+            message = message.replace(str(p), f"inputs[{p.stem.split('-')[1]}]")
+        return message
+
     def remove(self) -> None:
         for p in self.paths:
             p.unlink(missing_ok=True)

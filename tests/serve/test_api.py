@@ -44,6 +44,19 @@ def cli_json(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def in_process(app, calls):
+    """Run `calls(client)` against the ASGI app itself (lifespan included); returns what it returns."""
+    import asyncio
+
+    async def main():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://served") as c:
+                return await calls(c)
+
+    return asyncio.run(main())
+
+
 @pytest.fixture(scope="module")
 def server(mnist_cnn_run, tiny_runs):
     with running_server([mnist_cnn_run, *tiny_runs.values()], "--max-items", "16") as (url, proc):
@@ -51,6 +64,7 @@ def server(mnist_cnn_run, tiny_runs):
             yield client, proc
     assert proc.returncode in (0, 130), proc.output  # Ctrl-C stops it cleanly
     assert "Traceback" not in proc.output, proc.output
+    assert "at http://127.0.0.1:" in proc.output  # loopback unless told otherwise, and it says where
 
 
 @pytest.fixture(scope="module")
@@ -207,14 +221,18 @@ def test_transport_errors(client):
 
 
 def test_one_run_answers_without_its_name(mnist_cnn_run):
-    with running_server([mnist_cnn_run], "--no-batching") as (url, proc):
-        with httpx.Client(base_url=url, timeout=60) as c:
-            a = c.post("/predict", json={"inputs": [digit_b64()]})
-            b = c.post("/runs/mnist-cnn/predict", json={"inputs": [digit_b64()]})
-            assert a.status_code == 200 and a.json() == b.json()
-            assert c.get("/info").json()["limits"]["batching"] is False
-    assert proc.returncode in (0, 130) and "Traceback" not in proc.output, proc.output
-    assert "http://127.0.0.1:" in proc.output  # loopback unless told otherwise
+    from strata.serve import create_app
+
+    app = create_app([mnist_cnn_run], batching=False, device="cpu")
+
+    async def calls(c):
+        body = {"inputs": [digit_b64()]}
+        return (await c.post("/predict", json=body), await c.post("/runs/mnist-cnn/predict", json=body),
+                await c.get("/info"))
+
+    short, named, info = in_process(app, calls)
+    assert short.status_code == 200 and short.json() == named.json()
+    assert info.json()["limits"]["batching"] is False and info.json()["runs"][0]["served"]["batches"] == 2
 
 
 def test_a_folder_that_is_not_a_run_is_one_line_and_exit_2(tmp_path):
@@ -222,19 +240,6 @@ def test_a_folder_that_is_not_a_run_is_one_line_and_exit_2(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert str(tmp_path) in out.stderr and "Traceback" not in out.stderr
-
-
-def in_process(app, calls):
-    """Run `calls(client)` against the ASGI app itself (lifespan included); returns what it returns."""
-    import asyncio
-
-    async def main():
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://served") as c:
-                return await calls(c)
-
-    return asyncio.run(main())
 
 
 def test_a_request_past_the_timeout_is_a_504_and_the_next_is_answered(mnist_cnn_run):
