@@ -66,8 +66,9 @@ def mnist_cnn_run(session_mirror, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_runs(session_mirror, tmp_path_factory) -> dict[str, Path]:
     """Runs trained for a few steps (about 20 s together), for what serving does with each kind of run:
-    lm (a char LSTM on tiny Shakespeare), gan (a class-conditional DCGAN on MNIST), ml (matrix
-    factorisation on MovieLens 100k), fsdd (a GRU on spoken digits)."""
+    lm (a char LSTM on tiny Shakespeare), gan (a class-conditional DCGAN on MNIST), table (an MLP on a
+    CSV of a number and a category: label pos when x > 0), ml (matrix factorisation on MovieLens 100k),
+    fsdd (a GRU on spoken digits)."""
     quick = {"max_epochs": 1, "max_steps": 3, "progress": "off", "seed": 0, "sanity_val_batches": 0}
     lm = {"name": "lm", "data": {"name": "shakespeare", "block_size": 32, "stride": 32, "batch_size": 16,
                                  "limit": 200},
@@ -77,7 +78,15 @@ def tiny_runs(session_mirror, tmp_path_factory) -> dict[str, Path]:
            "model": {"name": "dcgan", "latent_dim": 16, "g_channels": 8, "d_channels": 8, "conditional": True},
            "task": {"name": "gan"}, "optimizer": {"name": "adam", "lr": 2e-4, "betas": [0.5, 0.999]},
            "trainer": quick}
+    table = tmp_path_factory.mktemp("table") / "rows.csv"
+    rng = np.random.default_rng(0)
+    table.write_text("x,color,label\n" + "".join(f"{x:.3f},{rng.choice(['red', 'blue'])},{'pos' if x > 0 else 'neg'}\n"
+                                                for x in rng.normal(size=200)))
+    csv = {"name": "table", "data": {"name": "csv", "path": str(table), "target": "label", "batch_size": 32},
+           "model": {"name": "mlp", "hidden": [16]}, "task": {"name": "classify"},
+           "optimizer": {"name": "adam", "lr": 1e-2}, "trainer": {**quick, "max_steps": 0, "max_epochs": 5}}
     return {"lm": train_tiny(tmp_path_factory, lm, "lm"), "gan": train_tiny(tmp_path_factory, gan, "gan"),
+            "table": train_tiny(tmp_path_factory, csv, "table"),
             "ml": train_tiny(tmp_path_factory, "movielens-mf.toml", "ml", "trainer.max_epochs=1",
                              "trainer.max_steps=3", "model.dim=8"),
             "fsdd": train_tiny(tmp_path_factory, "fsdd-gru.toml", "fsdd", "trainer.max_epochs=1", "trainer.max_steps=2",

@@ -92,7 +92,7 @@ def test_predict_on_real_digits_equals_strata_predict_json(client, mnist_cnn_run
 def test_info_describes_each_run_and_the_limits(client):
     info = client.get("/info").json()
     runs = {r["name"]: r for r in info["runs"]}
-    assert list(runs) == ["mnist-cnn", "lm", "gan", "ml", "fsdd"]
+    assert list(runs) == ["mnist-cnn", "lm", "gan", "table", "ml", "fsdd"]
     cnn = runs["mnist-cnn"]
     assert (cnn["task"], cnn["input"], cnn["actions"]) == ("classify", "image", ["predict", "explain"])
     assert cnn["class_names"] == [str(i) for i in range(10)]
@@ -105,7 +105,7 @@ def test_info_describes_each_run_and_the_limits(client):
     assert (runs["fsdd"]["input"], runs["fsdd"]["actions"][0]) == ("audio", "predict")
     assert info["limits"] == {"max_body_bytes": 10 * 2**20, "max_items": 16, "timeout_s": 30.0, "max_batch": 32,
                               "batching": True}
-    assert client.get("/health").json() == {"status": "ok", "runs": 5}
+    assert client.get("/health").json() == {"status": "ok", "runs": 6}
     assert "/runs/{name}/predict" in client.get("/openapi.json").json()["paths"]
     assert client.get("/docs").status_code == 200
     page = client.get("/")
@@ -177,9 +177,24 @@ def digit_b64() -> str:
     return b64(mnist_digit(0)[0])
 
 
+def test_table_rows_equal_strata_predict_and_explain_names_columns(client, tiny_runs):
+    info = next(r for r in client.get("/info").json()["runs"] if r["name"] == "table")
+    assert info["input"] == "table" and info["class_names"] == ["neg", "pos"]
+    assert info["columns"] == [{"name": "x", "type": "number", "choices": None},
+                               {"name": "color", "type": "category", "choices": ["blue", "red"]}]
+    rows = [{"x": 2.5, "color": "red"}, {"x": -1.75, "color": "blue"}]
+    r = client.post("/runs/table/predict", json={"inputs": rows})
+    assert r.status_code == 200, r.text
+    inline = ["x=2.5,color=red", "x=-1.75,color=blue"]  # the CLI's form of the same rows
+    assert r.json()["predictions"] == as_printed(predict_run(tiny_runs["table"], inline, device="cpu"))
+    assert [p["label"] for p in r.json()["predictions"]] == ["pos", "neg"]  # the rule: pos when x > 0
+    e = client.post("/runs/table/explain", json={"inputs": rows[:1]}).json()
+    assert "heatmap" not in e and e["explanations"][0]["top"][0]["feature"] == "x"
+
+
 @pytest.mark.parametrize("path,body,status,field,phrase", [
     ("/runs/mnsit-cnn/predict", {"inputs": []}, 404, "name", "did you mean 'mnist-cnn'"),
-    ("/predict", {"inputs": ["x"]}, 400, "name", "serves 5 runs (mnist-cnn, lm, gan, ml, fsdd)"),
+    ("/predict", {"inputs": ["x"]}, 400, "name", "serves 6 runs (mnist-cnn, lm, gan, table, ml, fsdd)"),
     ("/runs/mnist-cnn/predict", {"inputs": [b64(b"\x89PNG\r\n\x1a\nnot")]}, 400, "inputs[0]", "cannot be decoded"),
     ("/runs/mnist-cnn/predict", {"inputs": ["DIGIT", 7]}, 400, "inputs[1]", "base64 string"),
     ("/runs/mnist-cnn/predict", {"inputs": ["DIGIT"], "extra": 1}, 400, "extra", "unknown field"),
@@ -199,6 +214,9 @@ def digit_b64() -> str:
     ("/runs/ml/recommend", {"user": "1", "top": 0}, 400, "top", "1 to 1000"),
     ("/runs/ml/recommend", {"user": [1]}, 400, "user", "valid string"),
     ("/runs/fsdd/predict", {"inputs": ["DIGIT"]}, 400, "inputs[0]", "not a .wav"),
+    ("/runs/table/predict", {"inputs": [{"x": 1, "salary": 2}]}, 400, "inputs[0].salary", "columns: x, color"),
+    ("/runs/table/predict", {"inputs": [{"x": [1]}]}, 400, "inputs[0].x", "a number or a category"),
+    ("/runs/table/predict", {"inputs": ["x=1,color=red"]}, 400, "inputs[0]", "an object"),
 ])
 def test_each_error_names_its_field(client, path, body, status, field, phrase):
     body = json.loads(json.dumps(body).replace('"DIGIT"', json.dumps(digit_b64())))

@@ -76,3 +76,14 @@ def test_a_sentence_is_text_within_bounds():
     for bad, phrase in ((3, "sentence"), ("  ", "empty"), ("x" * (I.MAX_TEXT_CHARS + 1), "at most")):
         with pytest.raises(I.BadInput, match=phrase):
             I.text_item(bad, "inputs[0]")
+
+
+def test_run_names_are_folder_names_made_unique():
+    from pathlib import Path
+
+    from strata.serve.runs import run_names, unknown_run
+
+    assert run_names([Path("a/mnist-cnn"), Path("b/mnist-cnn"), Path("lm"), Path("c/mnist-cnn")]) == \
+        ["mnist-cnn", "mnist-cnn-2", "lm", "mnist-cnn-3"]
+    assert str(unknown_run("mnist_cnn", ["mnist-cnn", "lm"])) == \
+        "no run named 'mnist_cnn'; did you mean 'mnist-cnn'? (served: mnist-cnn, lm)"
