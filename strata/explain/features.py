@@ -299,7 +299,7 @@ def features_run(run_dir, inputs: list[str] | None = None, layers: list[str] | N
 
     if "filters" in asked:
         f = first_layer_filters(model)
-        result["filters"] = str(save_grid(_enlarge(f, 24), folder / "filters.png", nrow=math.ceil(math.sqrt(len(f)))))
+        result["filters"] = str(save_grid(_enlarge(f), folder / "filters.png", nrow=math.ceil(math.sqrt(len(f)))))
 
     key = getattr(task, "input_key", "x")
     if {"maps", "patches"} & set(asked):

@@ -37,6 +37,7 @@ class Stage:
     name: str  # where its output is caught: a module name from named_modules, or "output"
     module: nn.Module
     kind: str  # what it is made of, e.g. "Conv2d+Tanh+AvgPool2d"
+    layer: int | None = None  # one layer of a stacked torch RNN (module), recomputed from its input
 
 
 def _has_params(m: nn.Module) -> bool:
@@ -104,7 +105,7 @@ def stages(model: nn.Module, run) -> list[Stage]:
         once = [(n, m) for n, m in g if calls.get(id(m)) == 1 and ranks[id(m)] == ranks[id(ran[0][1])]]
         name, module = once[-1] if once else ran[0]
         found.append((order.index(id(ran[0][1])), Stage(name, module, describe([m for _, m in g]))))
-    found = [s for _, s in sorted(found, key=lambda p: p[0])]
+    found = [layer for _, s in sorted(found, key=lambda p: p[0]) for layer in rnn_layers(s)]
     out = caught.outputs.get(OUTPUT)
     if found and out is not None:
         with Catch(found[-1:]) as last:
@@ -152,10 +153,58 @@ def named_stage(model: nn.Module, name: str) -> Stage:
 
 
 def first_tensor(out):
-    """A module's output tensor: the first element of a tuple (an RNN's (outputs, state))."""
-    while isinstance(out, (tuple, list)) and out:
+    """A module's output tensor: the first element of a tuple (an RNN's (outputs, state)), a packed
+    sequence padded again (B, T, H)."""
+    from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+    while isinstance(out, (tuple, list)) and out and not isinstance(out, PackedSequence):
         out = out[0]
+    if isinstance(out, PackedSequence):
+        out = pad_packed_sequence(out, batch_first=True)[0]
     return out if torch.is_tensor(out) else None
+
+
+RNNS = (nn.LSTM, nn.GRU, nn.RNN)
+
+
+def layer_outputs(rnn: nn.RNNBase, x) -> list:
+    """Each layer's outputs of a stacked torch RNN for its input x (a tensor or a packed sequence), by
+    running one single-layer RNN per layer with that layer's weights (dropout between layers is off
+    in evaluation, so the top layer's equal the RNN's own)."""
+    base = next(c for c in type(rnn).__mro__ if c in RNNS)
+    extra = {"nonlinearity": rnn.nonlinearity} if base is nn.RNN else {}
+    outs = []
+    for k in range(rnn.num_layers):
+        size = rnn.input_size if k == 0 else rnn.hidden_size * (2 if rnn.bidirectional else 1)
+        one = base(size, rnn.hidden_size, 1, bias=rnn.bias, batch_first=rnn.batch_first,
+                   bidirectional=rnn.bidirectional, **extra).to(next(rnn.parameters()).device)
+        weights = {n.replace(f"_l{k}", "_l0"): p for n, p in rnn.named_parameters()
+                   if n.endswith(f"_l{k}") or n.endswith(f"_l{k}_reverse")}
+        one.load_state_dict(weights)
+        x = one(x)[0]
+        outs.append(x)
+    return outs
+
+
+def _packed(inputs: tuple):
+    """An RNN's input; packed when the module was also given the lengths (the layer list's LSTM)."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    x = inputs[0]
+    if len(inputs) > 1 and torch.is_tensor(inputs[1]) and inputs[1].dim() == 1 and torch.is_tensor(x) \
+            and x.dim() == 3:
+        return pack_padded_sequence(x, inputs[1].detach().cpu().clamp(min=1), batch_first=True, enforce_sorted=False)
+    return x
+
+
+def rnn_layers(stage: Stage) -> list[Stage]:
+    """A stage holding one stacked torch RNN (an RNN classifier's encoder) as one stage per layer."""
+    inner = [(n, m) for n, m in stage.module.named_modules() if isinstance(m, RNNS)]
+    if len(inner) != 1 or inner[0][1].num_layers < 2 or getattr(inner[0][1], "proj_size", 0):
+        return [stage]
+    sub, rnn = inner[0]
+    name = f"{stage.name}.{sub}" if sub else stage.name
+    return [Stage(f"{name}[{k}]", rnn, f"{type(rnn).__name__} layer {k + 1}", layer=k) for k in range(rnn.num_layers)]
 
 
 class Catch:
@@ -167,17 +216,19 @@ class Catch:
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles = []
 
-    def _hook(self, name):
+    def _hook(self, stage: Stage):
         def hook(module, inputs, output):
+            if stage.layer is not None:
+                output = layer_outputs(module, _packed(inputs))[stage.layer]
             t = first_tensor(output)
             if t is None:
                 return
-            self.outputs[name] = t.detach() if self.detach else t
+            self.outputs[stage.name] = t.detach() if self.detach else t
         return hook
 
     def __enter__(self) -> "Catch":
         self.outputs.clear()
-        self._handles = [s.module.register_forward_hook(self._hook(s.name)) for s in self.stages]
+        self._handles = [s.module.register_forward_hook(self._hook(s)) for s in self.stages]
         return self
 
     def __exit__(self, *exc):

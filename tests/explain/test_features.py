@@ -57,11 +57,19 @@ def test_stages_of_the_shipped_models():
         ("layers.2", "Conv2d+Tanh+AvgPool2d"), ("layers.5", "Conv2d+Tanh+AvgPool2d"),
         ("layers.7", "Conv2d+Tanh+Flatten"), ("layers.10", "Linear+Tanh"), ("layers.11", "Linear")]
     tokens, lengths = torch.randint(1, 50, (3, 7)), torch.tensor([7, 4, 2])
-    model = RNNClassifier(RNNConfig(vocab_size=50, num_classes=2, hidden=8, embed_dim=8, dropout=0.1)).eval()
+    model = RNNClassifier(RNNConfig(vocab_size=50, num_classes=2, hidden=8, embed_dim=8, dropout=0.1,
+                                    layers=2, bidirectional=True)).eval()
     rnn = stages(model, lambda: model(tokens, lengths))
-    # the dropout after the embedding runs again before the head: the stage is caught at the embedding
-    assert [(s.name, s.kind) for s in rnn] == [("inputs", "InputProjection+Dropout"), ("encoder", "Recurrent"),
-                                               ("head", "Linear")]
+    # the dropout after the embedding runs again before the head: the stage is caught at the embedding;
+    # the two layers of the one torch LSTM are a stage each
+    assert [(s.name, s.kind) for s in rnn] == [
+        ("inputs", "InputProjection+Dropout"), ("encoder.rnn[0]", "LSTM layer 1"), ("encoder.rnn[1]", "LSTM layer 2"),
+        ("head", "Linear")]
+    with Catch(rnn) as caught, torch.no_grad():
+        model(tokens, lengths)
+        top = model.encoder(model.inputs(tokens), lengths)[0]  # (B, T, 2 * 8), padding zeroed
+    assert caught.outputs["encoder.rnn[0]"].shape == (3, 7, 16)
+    torch.testing.assert_close(caught.outputs["encoder.rnn[1]"], top)  # layer by layer = the stacked LSTM
     model = TransformerClassifier(ClassifierConfig(vocab_size=50, num_classes=2, n_layer=2, n_head=2, dim=16,
                                                    context_size=16)).eval()
     tr = stages(model, lambda: model(tokens, lengths))
@@ -143,7 +151,7 @@ def test_filters_and_feature_maps(mnist_run):
     assert f.shape == (8, 1, 3, 3) and 0 <= f.min() and f.max() <= 1
     # each 3x3 kernel scaled by its largest |weight|: every kernel reaches 0 or 1
     assert torch.all((f.flatten(1).amin(1) == 0) | (f.flatten(1).amax(1) == 1))
-    assert _png(out["filters"]) == (3 * 26 + 2, 3 * 26 + 2)  # 8 kernels of 24 px in a 3x3 grid
+    assert _png(out["filters"]) == (3 * 50 + 2, 3 * 50 + 2)  # 8 kernels of 48 px in a 3x3 grid
     assert [m["layer"] for m in out["maps"]] == ["stages.0", "stages.1"]
     # the input and the strongest 8 (of 8) or 15 (of 16) maps, 56 px each, 8 a row
     assert [_png(m["path"]) for m in out["maps"]] == [(8 * 58 + 2, 2 * 58 + 2), (8 * 58 + 2, 2 * 58 + 2)]
