@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=["onnx", "pt2"], default="onnx")
     ex.add_argument("--out", help="the file to write (default RUN_DIR/export/model.onnx or model.pt2)")
     ex.add_argument("--which", choices=["best", "last"], default="best", help="the checkpoint to export")
+    ex.add_argument("--inputs", nargs="+", metavar="INPUT",
+                    help="real inputs to check the export on, as strata predict takes them (default: the run's "
+                         "own data; needed for a run trained on arrays from Python: .npy files)")
     ex.add_argument("--json", action="store_true")
 
     sv = sub.add_parser("serve", help="serve trained runs over HTTP: a JSON API and a web page")
@@ -397,7 +400,7 @@ def cmd_datasets(a) -> int:
 def cmd_export(a) -> int:
     from strata.export import export_run
 
-    out = export_run(a.run_dir, fmt=a.format, out=a.out, which=a.which)
+    out = export_run(a.run_dir, fmt=a.format, out=a.out, which=a.which, inputs=a.inputs)
     shapes = ", ".join(f"{i['name']} ({', '.join('?' if d is None else str(d) for d in i['shape'])}) {i['dtype']}"
                        for i in out["inputs"])
     _print(out, a.json, f"{out['format']}: {out['out']} ({out['graph']})\n  inputs: {shapes}\n"

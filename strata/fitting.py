@@ -400,6 +400,17 @@ class Run:
         with torch.no_grad():
             return self.task.predict_step(batch)
 
+    def export(self, out=None, *, format: str = "onnx", inputs=None) -> dict:
+        """`strata export RUN_DIR`: the model as an ONNX (or torch.export `pt2`) file with its
+        preprocessing JSON beside it, checked against torch on real inputs (the run's data, or `inputs`:
+        arrays or files as predict takes them, needed for a run trained on arrays). Returns what was
+        written and the measured difference."""
+        from strata.export import export_run
+
+        which = "last" if Path(self.checkpoint or "best").name == "last" else "best"
+        own = self.cfg.model.module if self.cfg.model.name.startswith("python:") else None
+        return export_run(self.run_dir, fmt=format, out=out, which=which, model=own, inputs=inputs)
+
     def evaluate(self, data=None, split: str = "test", batch_size: int | None = None) -> dict:
         """Metrics on `data` ((x, y) arrays, a Dataset, ...: encoded as training encoded its data), or
         without data on the run's own `split` of its registered data set, as `strata evaluate`."""

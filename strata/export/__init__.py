@@ -76,19 +76,34 @@ def _target(folder: RunFolder, fmt: str, suffix: str, out) -> Path:
     return target
 
 
-def real_batches(run) -> tuple[str, list[dict]]:
-    """(split name, two batches of CHECK_SIZES examples) of the run's own data, as training saw them."""
+def _halves(batch: dict, n: int) -> list[dict]:
+    """Two batches of other sizes from one: its first half, then all of it."""
+    first = max(1, n // 2)
+    return [{k: v[:first] if torch.is_tensor(v) else v for k, v in batch.items()}, batch]
+
+
+def real_batches(run, inputs=None) -> tuple[str, list[dict]]:
+    """(where the inputs came from, two batches of other sizes): the given inputs (file paths or
+    sentences as `strata predict` reads them, or arrays as `run.predict` takes them), else
+    CHECK_SIZES examples of the run's own data, as training saw them."""
     from strata.data import load_data
     from strata.train.loader import EpochBatches
 
+    if inputs is not None:
+        batch = run._encode(inputs)
+        n = len(next(v for v in batch.values() if torch.is_tensor(v)))
+        if n < 2:
+            raise StrataError(f"--inputs: an export is checked at two batch sizes, so give at least 2 examples, got {n}")
+        return "given", _halves(batch, n)
     if run.cfg.data.name == "python":
         raise StrataError("this run was trained on arrays or a Dataset given from Python, which strata cannot read "
-                          "again, and an export is checked on real inputs of the run's data; train it on a "
-                          "registered data set or a file (csv, npz) with strata.fit or `strata train` to export it")
+                          "again, and an export is checked on real inputs: give some, as predict takes them "
+                          "(run.export(inputs=x_test[:8]) in Python, or --inputs FILE.npy on the command line)")
     try:
         bundle = load_data(run.cfg.data)
     except DataError as e:
-        raise StrataError(f"an export is checked on real inputs of the run's data, which cannot be read: {e}") from None
+        raise StrataError(f"an export is checked on real inputs of the run's data, which cannot be read: {e}; "
+                          "or give some with --inputs") from None
     for name in ("test", "val", "train"):
         data = getattr(bundle, name)
         if data is not None and len(data) > 0:
@@ -126,10 +141,12 @@ def _max_diff(graph_module, run_exported, inputs: list[tuple]) -> tuple[float, l
     return worst, shapes
 
 
-def export_run(run_dir, fmt: str = "onnx", out=None, which: str = "best", model=None) -> dict:
+def export_run(run_dir, fmt: str = "onnx", out=None, which: str = "best", model=None, inputs=None) -> dict:
     """Write the run's model as `fmt` at `out` (default RUN_DIR/export/model.<fmt>) with its
     preprocessing JSON beside it; check it on real inputs; return what was written and measured.
-    model: the user's module instance, for a run of a class a new process cannot import (as strata.load)."""
+    model: the user's module instance, for a run of a class a new process cannot import (as strata.load).
+    inputs: real inputs to check on instead of the run's data (needed for a run trained on arrays from
+    Python): file paths or sentences as `strata predict` takes them, or arrays as `run.predict` does."""
     from strata.fitting import load
     from strata.export.preprocessing import describe
 
@@ -141,7 +158,7 @@ def export_run(run_dir, fmt: str = "onnx", out=None, which: str = "best", model=
                               "to export; train it first, or give a finished run folder")
     target = _target(folder, fmt, backend.SUFFIX, out)
     run = load(folder.path, model=model, which=which, device="cpu")
-    split, (first, second) = real_batches(run)
+    split, (first, second) = real_batches(run, inputs)
     with torch.random.fork_rng():
         torch.manual_seed(0)  # a generator's latent inputs are drawn: the same check for the same run
         graph = run.task.export_graph(first)

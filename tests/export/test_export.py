@@ -386,15 +386,27 @@ def test_a_task_that_cannot_be_exported_says_why(tmp_path, capsys):
     assert not (run_dir / "export").exists()
 
 
-def test_a_run_on_python_arrays_cannot_be_checked_and_says_so(tmp_path):
+def test_a_run_on_python_arrays_exports_when_given_real_inputs(tmp_path, capsys):
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
-    run = strata.fit({"name": "mlp", "hidden": [8]}, (x[:200], y[:200]), epochs=1, run_dir=tmp_path / "arrays",
-                     verbose=0)
-    with pytest.raises(StrataError, match="given from Python"):
+    net = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    run = strata.fit(net, (x[:200], y[:200]), epochs=1, run_dir=tmp_path / "arrays", standardize=True, verbose=0)
+    with pytest.raises(StrataError, match=r"given from Python.*run.export\(inputs="):
         export_run(run.run_dir)
     assert not (run.run_dir / "export").exists()
+    out = run.export(inputs=x[200:208])  # the user's own raw rows: standardised as predict does
+    assert_exported(out)
+    assert out["checked_examples"] == 4 + 8
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(out["out"], providers=["CPUExecutionProvider"])
+    meta = json.loads(Path(out["preprocessing"]).read_text())
+    assert meta["inputs"][0]["name"] == session.get_inputs()[0].name
+    np.save(tmp_path / "rows.npy", x[300:306].astype(np.float32))
+    code, printed, err = cli(capsys, "export", run.run_dir, "--format", "pt2", "--inputs", tmp_path / "rows.npy")
+    assert code == 0, err
+    with pytest.raises(StrataError, match="at least 2 examples"):
+        run.export(inputs=x[:1])
 
 
 def test_an_unknown_format_is_refused(mlp_run):
