@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import difflib
+import functools
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -82,7 +83,7 @@ class ServedRun:
         class_names = info.get("class_names") or getattr(task, "class_names", None)
         return {"name": self.name, "task": self.run.cfg.task.name, "input": self.input, "actions": self.actions,
                 "class_names": list(class_names) if class_names and "predict" in self.actions else None,
-                "input_shape": list(shape) if shape else None, "image": image, "columns": self.columns(),
+                "input_shape": list(shape) if shape else None, "image": image, "columns": self.columns,
                 "generate": self.generate_info(), "served": self.served()}
 
     def served(self) -> dict:
@@ -91,7 +92,9 @@ class ServedRun:
         b = self.batcher
         return {"requests": b.requests, "batches": b.batches, "items": b.items} if b else {}
 
+    @functools.cached_property
     def columns(self) -> list[dict] | None:
+        """A table run's columns: name, "number" or "category", and a category's values."""
         if self.input != "table":
             return None
         info = self.run.info
@@ -142,13 +145,13 @@ class ServedRun:
             elif self.input == "array":
                 out.append(I.array_file(item, where, files, i, self.run.info.get("in_shape")))
             elif self.input == "table":
-                row = I.table_row(item, where, self.columns() or [])
+                row = I.table_row(item, where, self.columns or [])
                 if "kddcup99" in self.run.info:  # an inline row, in the file's column order
-                    missing = [c["name"] for c in self.columns() if c["name"] not in row]
+                    missing = [c["name"] for c in self.columns if c["name"] not in row]
                     if missing:
                         raise I.BadInput(f"{where}: missing column(s) {', '.join(missing[:5])}; a KDD Cup 99 row "
                                          "needs all 41", where)
-                    out.append(",".join(row[c["name"]] for c in self.columns()))
+                    out.append(",".join(row[c["name"]] for c in self.columns))
                 else:
                     out.append(I.table_file(row, files, i, self.run.info.get("delimiter", ",")))
             else:
