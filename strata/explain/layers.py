@@ -3,12 +3,13 @@ with forward hooks.
 
 The rule is structural, so it serves the shipped models, the `sequential` layer list and a person's
 own module alike:
-- the backbone is the nn.Sequential / nn.ModuleList with the most children that hold parameters
-  (the cnn's `stages`, the resnet's `blocks`, a transformer's `blocks`, a layer list's `layers`);
-  when none has two, the model's own children (an RNN's embedding and recurrent encoder, a person's
-  conv1 / conv2 / fc attributes);
-- a stage is one child with parameters and the parameter-free children after it (activation,
-  pooling, dropout, flatten), caught at its last one: a layer list's conv, tanh, avgpool is one stage;
+- the backbone is the nn.Sequential / nn.ModuleList with the most children that hold parameters,
+  normalisation layers aside, the first of equals in named_modules order (the cnn's `stages`, the
+  resnet's `blocks`, a transformer's `blocks`, a layer list's `layers`); when none has two, the
+  model's own children (an RNN's embedding and recurrent encoder, a person's conv1 / conv2 / fc);
+- a stage is one child with parameters and the children after it that have none or normalise
+  (norm, activation, pooling, dropout, flatten), caught at its last one: a layer list's conv, tanh,
+  avgpool is one stage; each layer of a stacked torch RNN (nn.LSTM(num_layers=2)) is a stage;
 - the model's output closes the list ("output"), unless the last stage already is it.
 
 A stage's output is summarised per example ("pooled") for the linear probe: feature maps are
@@ -40,8 +41,16 @@ class Stage:
     layer: int | None = None  # one layer of a stacked torch RNN (module), recomputed from its input
 
 
+NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
 def _has_params(m: nn.Module) -> bool:
     return any(True for _ in m.parameters())
+
+
+def _opens_stage(m: nn.Module) -> bool:
+    """A child with parameters of its own computation; a normalisation layer joins the one before it."""
+    return _has_params(m) and not isinstance(m, NORMS)
 
 
 def backbone(model: nn.Module) -> tuple[str, nn.Module]:
@@ -49,21 +58,21 @@ def backbone(model: nn.Module) -> tuple[str, nn.Module]:
     best, best_n = ("", model), 0
     for name, m in model.named_modules():
         if isinstance(m, CONTAINERS):
-            n = sum(_has_params(c) for c in m.children())
+            n = sum(_opens_stage(c) for c in m.children())
             if n > best_n:  # ties: the first in named_modules order, the shallowest on its branch
                 best, best_n = (name, m), n
-    own = sum(_has_params(c) for c in model.children())
+    own = sum(_opens_stage(c) for c in model.children())
     return best if best_n >= 2 or (best_n >= 1 and own <= 1) else ("", model)
 
 
 def _groups(model: nn.Module) -> list[list[tuple[str, nn.Module]]]:
-    """The backbone's children grouped into stages: each child with parameters opens one."""
+    """The backbone's children grouped into stages: each child with parameters (but a norm) opens one."""
     prefix, parent = backbone(model)
     groups: list[list[tuple[str, nn.Module]]] = []
     for name, child in parent.named_children():
         if type(child).forward is nn.Module.forward:
             continue  # a plain ModuleList / ModuleDict is never called: its members are reached otherwise
-        if not groups or _has_params(child):
+        if not groups or _opens_stage(child):
             groups.append([])
         groups[-1].append((f"{prefix}.{name}" if prefix else name, child))
     return [g for g in groups if any(_has_params(m) for _, m in g)]
@@ -127,7 +136,7 @@ def describe(group: list[nn.Module]) -> str:
             names.append(type(m).__name__)
         else:
             names += [type(leaf).__name__ for leaf in m.modules() if not list(leaf.children())
-                      and not isinstance(leaf, (nn.Identity, nn.Dropout, nn.modules.batchnorm._NormBase))]
+                      and not isinstance(leaf, (nn.Identity, nn.Dropout, *NORMS))]
     out: list[list] = []
     for n in names:
         if out and out[-1][0] == n:

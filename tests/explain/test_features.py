@@ -51,6 +51,9 @@ def test_stages_of_the_shipped_models():
     resnet = _trace(ResNet(ResNetConfig(widths=(8, 16), blocks_per_stage=2)), x)
     assert [s.name for s in resnet] == ["blocks.0", "blocks.1", "blocks.2", "blocks.3", "output"]
     assert resnet[0].kind == "BasicBlock"
+    # one block per stage: the blocks, not the convolutions inside the first block's body
+    resnet = _trace(ResNet(ResNetConfig(widths=(8, 16), blocks_per_stage=1)), x)
+    assert [s.name for s in resnet] == ["blocks.0", "blocks.1", "output"]
     lenet = _trace(Sequential(SequentialConfig(layers=LENET5, in_shape=(1, 28, 28), num_classes=10)), x)
     # conv + tanh + pool is one stage; the last linear layer is the output itself
     assert [(s.name, s.kind) for s in lenet] == [
