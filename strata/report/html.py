@@ -121,7 +121,7 @@ table.matrix th.row { text-align: right; }
 figure { margin: 6px 14px 14px 0; display: inline-block; vertical-align: top; }
 figure img { display: block; max-width: 100%; image-rendering: auto; border: 1px solid var(--line); }
 figure img.pixels { image-rendering: pixelated; }
-figcaption { font-size: 12px; color: var(--muted); max-width: 300px; }
+figcaption { font-size: 12px; color: var(--muted); max-width: 640px; }
 .gallery { display: flex; flex-wrap: wrap; }
 pre { background: var(--tint); padding: 10px 12px; overflow-x: auto; font-size: 12.5px; line-height: 1.4;
       border: 1px solid var(--line); }
@@ -129,6 +129,8 @@ pre.sample { white-space: pre-wrap; max-width: 900px; }
 .note { background: #fff7e0; border-left: 4px solid #e0a800; padding: 6px 12px; max-width: 900px; }
 .muted { color: var(--muted); font-size: 13px; }
 code { background: var(--tint); padding: 0 3px; border-radius: 3px; }
+p.sentence { max-width: 300px; margin: 0 0 4px; font-size: 14px; line-height: 1.7; }
+.token { padding: 1px 0; border-radius: 2px; white-space: pre-wrap; }
 """
 
 

@@ -8,7 +8,8 @@ what the run does not have (its data set offline, a checkpoint) says so in a not
 
 Kept fast (a small run's report in a few seconds): at most MAX_EXAMPLES test examples are evaluated (a
 seeded random subset, as MNIST's test file is not uniform along its length), TOP_LOSSES examples are
-attributed with IG_STEPS integrated-gradient steps, and the feature probe sees PROBE_EXAMPLES images.
+attributed with IG_STEPS integrated-gradient steps, and the feature hierarchy probes PROBE_EXAMPLES
+images and searches PATCH_EXAMPLES for its top patches.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ MAX_EXAMPLES = 2000
 TOP_LOSSES = 8
 IG_STEPS = 16
 PROBE_EXAMPLES = 256
+PATCH_EXAMPLES = 500  # test images searched for the patches that excite each unit most
 SAMPLES = 64  # a generator's grid
 LM_SAMPLES, LM_TOKENS = 3, 240
 TRANSLATIONS = 8
@@ -54,6 +56,7 @@ class Context:
         self.events = folder.read_metrics()
         self.task_name = str(self.raw.get("task", {}).get("name", ""))
         self.has_weights = folder.has_checkpoint("best") or folder.has_checkpoint("last")
+        self.load_error = ""  # why the checkpoint did not load, when it did not
         self.tmp = Path(tempfile.mkdtemp(prefix="strata-report-"))
 
     def close(self) -> None:
@@ -147,7 +150,10 @@ def header(ctx: Context) -> tuple[str, list[tuple[str, str]]]:
 def status(ctx: Context) -> list[Section]:
     """What is missing, said first: no checkpoint, or a run that has not finished."""
     lines = []
-    if not ctx.has_weights:
+    if ctx.load_error:
+        lines.append(f"The checkpoint did not load ({ctx.load_error}), so only the config, curves and logged metrics "
+                     "are shown.")
+    elif not ctx.has_weights:
         lines.append(f"This run has no checkpoint ({ctx.folder.checkpoint('last')} is empty): it stopped before its "
                      "first save, so only its config, curves and logged metrics are shown. Train it again (or "
                      f"`strata train {ctx.folder.config} --run-dir {ctx.folder.path} --resume` once a checkpoint "
@@ -191,18 +197,17 @@ def config(ctx: Context) -> list[Section]:
 
 
 # --- classifiers -----------------------------------------------------------------------------------
-# The class scores (B, K) of a batch, per classifier task.
-LOGITS: dict[str, Callable] = {
-    "classify": lambda task, batch: task.model(batch["x"]),
-    "sequence_classify": lambda task, batch: task(*task.inputs(batch)),
-}
+def class_scores(task, batch: dict) -> torch.Tensor:
+    """(B, K) class scores of a batch, as `strata explain` attributes them."""
+    x, args = task.explain_args(batch)
+    return task.explain_scores(x, *args)
 
 
 @guarded("Classifier")
 def classifier(ctx: Context) -> list[Section]:
     """Confusion matrix, per-class precision / recall / F1, and the top losses with their attributions."""
     split, data, idx = ctx.split
-    logits, y = ctx.outputs(LOGITS[ctx.task_name])
+    logits, y = ctx.outputs(class_scores)
     pred = logits.argmax(1)
     names = list(ctx.run.task.class_names)
     k = len(names)
@@ -284,7 +289,9 @@ def top_losses(ctx: Context, idx: torch.Tensor, logits, y, losses, names) -> str
     probs = logits.softmax(1)
     batch = next(ctx.batches(idx[order]))
     pred = logits[order].argmax(1)
-    shown = SHOW.get(ctx.info.get("kind"), show_plain)(ctx, batch, pred.to(ctx.device))
+    from strata.explain.run import input_kind
+
+    shown = SHOW.get(input_kind(ctx.info), show_plain)(ctx, batch, pred.to(ctx.device))
     items = []
     for n, i in enumerate(order.tolist()):
         t, p = int(y[i]), int(pred[n])
@@ -296,39 +303,40 @@ def top_losses(ctx: Context, idx: torch.Tensor, logits, y, losses, names) -> str
             f'<div class="gallery" id="top-loss-examples">{"".join(items)}</div>')
 
 
-def _attributions(ctx: Context, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    from strata.explain.attributions import attribute
+def _attributions(ctx: Context, batch: dict, target: torch.Tensor) -> torch.Tensor:
+    """Integrated gradients of the `target` scores: per token (B, T) for text, shaped like x otherwise."""
+    from strata.explain.run import attributions
 
+    task = ctx.run.task
+    x, args = task.explain_args(batch)
     baseline = None
     stats = ctx.info.get("normalize")
     if x.dim() == 4 and isinstance(stats, dict):  # a black image, in the model's normalised units
         from strata.data.images import apply_normalize
 
         baseline = apply_normalize(torch.zeros_like(x).cpu(), stats).to(x.device)
-    attr, _ = attribute("integrated_gradients", ctx.run.task.explain_scores, x, target, baseline=baseline,
-                        steps=IG_STEPS)
-    return attr.detach().cpu()
+    attr, _ = attributions(task, x, target, "integrated_gradients", args, IG_STEPS, baseline)
+    return attr.detach().float().cpu()
 
 
 def show_image(ctx: Context, batch: dict, pred: torch.Tensor) -> list[tuple[str, str]]:
     from strata.explain.attributions import heatmap
     from strata.report.grid import png_bytes
 
-    x = batch["x"]
-    attr = _attributions(ctx, x, pred)
-    shown = x.detach().float().cpu()
+    attr = _attributions(ctx, batch, pred)
+    shown = batch["x"].detach().float().cpu()
     stats = ctx.info.get("normalize")
     if isinstance(stats, dict):  # back to [0, 1] for display
         shape = (1, -1, 1, 1)
         shown = shown * torch.tensor(stats["std"]).view(shape) + torch.tensor(stats["mean"]).view(shape)
     panels = heatmap(shown, attr)  # (2N, 3, H', W'): each image, then its attribution
     return [(png_img(png_bytes(panels[2 * i:2 * i + 2], nrow=2), "example and its attribution", "pixels"), "")
-            for i in range(len(x))]
+            for i in range(len(attr))]
 
 
 def show_row(ctx: Context, batch: dict, pred: torch.Tensor) -> list[tuple[str, str]]:
-    x = batch["x"]
-    attr = _attributions(ctx, x, pred).flatten(1)
+    """A table row's five features with the largest attributions."""
+    attr = _attributions(ctx, batch, pred).flatten(1)
     names = ctx.info.get("feature_names") or [f"feature {j}" for j in range(attr.shape[1])]
     out = []
     for a in attr:
@@ -339,28 +347,28 @@ def show_row(ctx: Context, batch: dict, pred: torch.Tensor) -> list[tuple[str, s
     return out
 
 
-def show_tokens(ctx: Context, batch: dict, pred: torch.Tensor) -> list[tuple[str, str]]:
-    """A text classifier's examples as their text.
-    TEXT ATTRIBUTIONS: colouring each token by its attribution (strata.explain.attributions.tokens_html)
-    belongs here once that function exists; until then the text is shown plain."""
+def show_text(ctx: Context, batch: dict, pred: torch.Tensor) -> list[tuple[str, str]]:
+    """A sentence as its tokens, each coloured by its attribution (red raised the predicted class)."""
     from strata.data.tokenizers import load_tokenizer
+    from strata.explain.text import pieces, tokens_html
 
-    x, lengths = ctx.run.task.inputs(batch)
-    try:
-        tok = load_tokenizer(ctx.folder.path)
-    except StrataError:
-        return show_plain(ctx, batch, pred)
-    return [(f'<pre class="sample">{esc(tok.decode(row[:int(n)].tolist()))}</pre>', "")
-            for row, n in zip(x.cpu(), lengths.cpu())]
+    attr = _attributions(ctx, batch, pred)  # (B, T)
+    x, (lengths, *_) = ctx.run.task.explain_args(batch)
+    tok = load_tokenizer(ctx.folder.path)
+    out = []
+    for row, n, a in zip(x.cpu(), lengths.cpu(), attr):
+        tokens = [{"token": t, "attribution": float(v)} for t, v in zip(pieces(tok, row[:int(n)].tolist()), a)]
+        out.append((f'<p class="sentence">{tokens_html(tokens)}</p>', ""))
+    return out
 
 
 def show_plain(ctx: Context, batch: dict, pred: torch.Tensor) -> list[tuple[str, str]]:
-    """Inputs with no picture of their own (audio frames, time series): the figures only."""
+    """Inputs with no picture of their own here (audio frames, time series): the figures only."""
     return [("", "") for _ in range(len(pred))]
 
 
-# How a top-loss example is shown, by the data's kind (info["kind"]); token inputs have no kind.
-SHOW: dict = {"image": show_image, "table": show_row, None: show_tokens}
+# How a top-loss example is shown, by the kind of input the run reads.
+SHOW: dict = {"image": show_image, "table": show_row, "text": show_text}
 
 
 @guarded("Feature hierarchy")
@@ -373,7 +381,8 @@ def feature_hierarchy(ctx: Context) -> list[Section]:
         return []
     from strata.explain.features import features_run
 
-    found = features_run(ctx.folder.path, out=ctx.png("features"), probe_examples=PROBE_EXAMPLES)
+    found = features_run(ctx.run, out=ctx.png("features"), probe_examples=PROBE_EXAMPLES,
+                         patch_examples=PATCH_EXAMPLES, device=str(ctx.device))
     figures = [figure(png_file(p, Path(p).stem.replace("_", " ")), esc(Path(p).stem.replace("_", " ")))
                for p in _pngs(found)]
     if not figures:
@@ -505,6 +514,11 @@ def build(folder: RunFolder, device: str | None) -> tuple[str, list[tuple[str, s
     """(title, header facts, sections) of a run's report."""
     ctx = Context(folder, device)
     try:
+        if ctx.has_weights:
+            try:
+                ctx.run
+            except StrataError as e:
+                ctx.has_weights, ctx.load_error = False, str(e)
         title, facts = header(ctx)
         sections = status(ctx) + metrics(ctx) + curves(ctx)
         if ctx.has_weights:

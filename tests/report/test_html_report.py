@@ -199,6 +199,17 @@ def test_a_run_without_a_checkpoint_gets_a_report_of_what_it_has(digits_run, tmp
     assert "Confusion matrix" not in page.headings
 
 
+def test_a_checkpoint_that_does_not_load_is_said_not_fatal(digits_run, tmp_path):
+    run = tmp_path / "damaged"
+    shutil.copytree(digits_run, run)
+    for manifest in run.glob("checkpoints/*/manifest.json"):
+        manifest.write_text("{not json")
+    with pytest.warns(UserWarning, match="is corrupt"):  # best does not load: last is tried, and fails too
+        text, page = read(write_report(run, device="cpu")["out"])
+    assert "The checkpoint did not load" in text and "manifest.json" in text
+    assert {"Status", "Learning curves", "Test metrics", "Config"} <= set(page.headings)
+
+
 # --- the command ---------------------------------------------------------------------------------------
 def test_report_command_out_json_and_overwrite_rules(digits_run, tmp_path, cli):
     out = tmp_path / "x.html"
