@@ -82,11 +82,14 @@ def explain_run(run_dir, inputs: list[str], method: str = "integrated_gradients"
     return _explain_values(run, task, spec, kind, inputs, method, target, steps, out, top, dev)
 
 
-def _feature_label(info: dict, shape: tuple[int, ...]):
-    """Feature index -> a name: a table's column, a time series' column and step, else the index."""
+def _feature_label(info: dict, kind: str, shape: tuple[int, ...]):
+    """Feature index -> a name: a table's column, a time series' column and step, an audio frame and
+    feature channel, else the index."""
     columns, feature_names = info.get("inputs") or [], info.get("feature_names") or []
     if len(shape) == 2 and len(columns) == shape[1]:  # time series: (time steps, columns)
         return lambda f: f"{columns[f % shape[1]]} at step {f // shape[1] - shape[0]}"
+    if len(shape) == 2 and kind == "audio":  # (frames, feature channels)
+        return lambda f: f"frame {f // shape[1]}, channel {f % shape[1]}"
     if len(shape) == 1 and len(feature_names) == shape[0]:  # table rows
         return lambda f: feature_names[f]
     return lambda f: str(list(map(int, torch.unravel_index(torch.tensor(f), shape))))
@@ -132,7 +135,7 @@ def _explain_values(run, task, spec, kind, inputs, method, target, steps, out, t
     t = resolve_target(target, names, scores)
     image = kind == "image"
     attr, gap = attributions(task, x, t, method, args, steps, image_baseline(x, run.info) if image else None)
-    label = _feature_label(run.info, tuple(attr.shape[1:]))
+    label = _feature_label(run.info, kind, tuple(attr.shape[1:]))
     results = []
     for i, inp in enumerate(example_labels(inputs, len(x))):
         j = int(t[i])
