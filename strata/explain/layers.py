@@ -5,8 +5,10 @@ The rule is structural, so it serves the shipped models, the `sequential` layer 
 own module alike:
 - the backbone is the nn.Sequential / nn.ModuleList with the most children that hold parameters,
   normalisation layers aside, the first of equals in named_modules order (the cnn's `stages`, the
-  resnet's `blocks`, a transformer's `blocks`, a layer list's `layers`); when none has two, the
-  model's own children (an RNN's embedding and recurrent encoder, a person's conv1 / conv2 / fc);
+  resnet's `blocks`, a transformer's `blocks`, a layer list's `layers`); its children are stages,
+  and so are the model's own children before and after it (a stem, an embedding, a fully connected
+  neck, the head); when no container has two, the model's own children are the stages (an RNN's
+  embedding and recurrent encoder, a person's conv1 / conv2 / fc);
 - a stage is one child with parameters and the children after it that have none or normalise
   (norm, activation, pooling, dropout, flatten), caught at its last one: a layer list's conv, tanh,
   avgpool is one stage; each layer of a stacked torch RNN (nn.LSTM(num_layers=2)) is a stage;
@@ -65,17 +67,30 @@ def backbone(model: nn.Module) -> tuple[str, nn.Module]:
     return best if best_n >= 2 or (best_n >= 1 and own <= 1) else ("", model)
 
 
-def _groups(model: nn.Module) -> list[list[tuple[str, nn.Module]]]:
-    """The backbone's children grouped into stages: each child with parameters (but a norm) opens one."""
-    prefix, parent = backbone(model)
+def _grouped(children) -> list[list[tuple[str, nn.Module]]]:
+    """(name, module) children in stages: each with parameters (but a norm) opens one; a list that
+    starts without one (a final norm, a pooling head) keeps only the groups that compute."""
     groups: list[list[tuple[str, nn.Module]]] = []
-    for name, child in parent.named_children():
+    for name, child in children:
         if type(child).forward is nn.Module.forward:
             continue  # a plain ModuleList / ModuleDict is never called: its members are reached otherwise
         if not groups or _opens_stage(child):
             groups.append([])
-        groups[-1].append((f"{prefix}.{name}" if prefix else name, child))
-    return [g for g in groups if any(_has_params(m) for _, m in g)]
+        groups[-1].append((name, child))
+    return [g for g in groups if any(_opens_stage(m) for _, m in g)]
+
+
+def _groups(model: nn.Module) -> list[list[tuple[str, nn.Module]]]:
+    """The stages' groups: the model's own children, the one holding the backbone replaced by the
+    backbone's children (the cnn: stages.0, stages.1, then neck and head)."""
+    prefix, parent = backbone(model)
+    if parent is model:
+        return _grouped(model.named_children())
+    top = prefix.split(".")[0]
+    names = [n for n, _ in model.named_children()]
+    before = [(n, c) for n, c in model.named_children() if names.index(n) < names.index(top)]
+    after = [(n, c) for n, c in model.named_children() if names.index(n) > names.index(top)]
+    return _grouped(before) + _grouped((f"{prefix}.{n}", c) for n, c in parent.named_children()) + _grouped(after)
 
 
 def stages(model: nn.Module, run) -> list[Stage]:
@@ -133,7 +148,8 @@ def describe(group: list[nn.Module]) -> str:
     for m in group:
         own = not type(m).__module__.startswith("torch.") and not isinstance(m, CONTAINERS)
         if own or not list(m.children()):
-            names.append(type(m).__name__)
+            if not isinstance(m, (nn.Identity, nn.Dropout)):  # nothing, or nothing in evaluation
+                names.append(type(m).__name__)
         else:
             names += [type(leaf).__name__ for leaf in m.modules() if not list(leaf.children())
                       and not isinstance(leaf, (nn.Identity, nn.Dropout, *NORMS))]

@@ -46,14 +46,16 @@ def test_stages_of_the_shipped_models():
 
     x = torch.rand(2, 1, 28, 28)
     cnn = _trace(CNN(CNNConfig(channels=(8, 16), convs_per_stage=2)), x)
-    assert [s.name for s in cnn] == ["stages.0", "stages.1", "output"]
-    assert cnn[0].kind == "Conv2d+ReLU+Conv2d+ReLU+MaxPool2d"
+    # the backbone's stages, then the model's own children after it (the fully connected neck, the head)
+    assert [(s.name, s.kind) for s in cnn] == [
+        ("stages.0", "Conv2d+ReLU+Conv2d+ReLU+MaxPool2d"), ("stages.1", "Conv2d+ReLU+Conv2d+ReLU+MaxPool2d"),
+        ("neck", "Flatten+Linear+ReLU"), ("head", "Linear")]
     resnet = _trace(ResNet(ResNetConfig(widths=(8, 16), blocks_per_stage=2)), x)
-    assert [s.name for s in resnet] == ["blocks.0", "blocks.1", "blocks.2", "blocks.3", "output"]
-    assert resnet[0].kind == "BasicBlock"
+    assert [s.name for s in resnet] == ["stem", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "head"]
+    assert resnet[1].kind == "BasicBlock"
     # one block per stage: the blocks, not the convolutions inside the first block's body
     resnet = _trace(ResNet(ResNetConfig(widths=(8, 16), blocks_per_stage=1)), x)
-    assert [s.name for s in resnet] == ["blocks.0", "blocks.1", "output"]
+    assert [s.name for s in resnet] == ["stem", "blocks.0", "blocks.1", "head"]
     lenet = _trace(Sequential(SequentialConfig(layers=LENET5, in_shape=(1, 28, 28), num_classes=10)), x)
     # conv + tanh + pool is one stage; the last linear layer is the output itself
     assert [(s.name, s.kind) for s in lenet] == [
@@ -66,7 +68,7 @@ def test_stages_of_the_shipped_models():
     # the dropout after the embedding runs again before the head: the stage is caught at the embedding;
     # the two layers of the one torch LSTM are a stage each
     assert [(s.name, s.kind) for s in rnn] == [
-        ("inputs", "InputProjection+Dropout"), ("encoder.rnn[0]", "LSTM layer 1"), ("encoder.rnn[1]", "LSTM layer 2"),
+        ("inputs", "InputProjection"), ("encoder.rnn[0]", "LSTM layer 1"), ("encoder.rnn[1]", "LSTM layer 2"),
         ("head", "Linear")]
     with Catch(rnn) as caught, torch.no_grad():
         model(tokens, lengths)
@@ -76,7 +78,9 @@ def test_stages_of_the_shipped_models():
     model = TransformerClassifier(ClassifierConfig(vocab_size=50, num_classes=2, n_layer=2, n_head=2, dim=16,
                                                    context_size=16)).eval()
     tr = stages(model, lambda: model(tokens, lengths))
-    assert [(s.name, s.kind) for s in tr] == [("blocks.0", "Block"), ("blocks.1", "Block"), ("output", "output")]
+    # the token embedding, with the learned positions added, each block, the head
+    assert [(s.name, s.kind) for s in tr] == [("embed", "Embedding"), ("dropout", "Positions"), ("blocks.0", "Block"),
+                                              ("blocks.1", "Block"), ("head", "Linear")]
 
 
 class OwnNet(nn.Module):
@@ -177,7 +181,7 @@ def test_the_last_stage_is_more_separable_than_the_pixels(mnist_run):
     run_dir, out = mnist_run
     curve = out["probe"]
     layers = curve["layers"]
-    assert [r["layer"] for r in layers] == ["input", "stages.0", "stages.1", "output"]
+    assert [r["layer"] for r in layers] == ["input", "stages.0", "stages.1", "neck", "head"]
     assert layers[0]["features"] == 784 and layers[0]["kind"] == "raw input"
     assert all(0 <= r["test_acc"] <= 1 for r in layers)
     assert (curve["train_examples"], curve["test_examples"]) == (1000, 400)
@@ -258,9 +262,10 @@ def test_a_transformer_on_sentences_gets_a_probe_curve(mirror, runs):
                     "trainer": {"max_epochs": 1, "progress": "off", "seed": 0}}, run_dir=runs / "sst2")
     out = features_run(result.run_dir, probe_examples=400)
     layers = out["probe"]["layers"]
-    assert [(r["layer"], r["kind"]) for r in layers] == [("input", "bag of words"), ("blocks.0", "Block"),
-                                                         ("blocks.1", "Block"), ("output", "output")]
-    assert layers[1]["features"] == 32 and all(0 <= r["test_acc"] <= 1 for r in layers)
+    assert [(r["layer"], r["kind"]) for r in layers] == [
+        ("input", "bag of words"), ("embed", "Embedding"), ("dropout", "Positions"), ("blocks.0", "Block"),
+        ("blocks.1", "Block"), ("head", "Linear")]
+    assert layers[3]["features"] == 32 and all(0 <= r["test_acc"] <= 1 for r in layers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +285,7 @@ def test_cli_prints_the_paths_and_the_curve(mnist_run, capsys, tmp_path):
     assert code == 0, err
     res = json.loads(out)
     assert Path(res["filters"]).is_file() and "maps" not in res
-    assert [r["layer"] for r in res["probe"]["layers"]] == ["input", "stages.0", "stages.1", "output"]
+    assert [r["layer"] for r in res["probe"]["layers"]] == ["input", "stages.0", "stages.1", "neck", "head"]
     assert res["probe"]["train_examples"] == 300
     code, out, err = cli(capsys, "features", run_dir, "--only", "probe", "--probe-examples", "200",
                          "--layers", "stages.1", "--out", tmp_path / "f")  # a folder it wrote before
