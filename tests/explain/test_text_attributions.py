@@ -142,3 +142,31 @@ def test_bad_text_inputs_exit_2_with_the_fix(sst2_run, lm_run, tmp_path, capsys,
     if run == "lm" and args:
         with pytest.raises(StrataError, match="never saw in training"):
             explain_run(run_dir, args)
+
+
+def test_a_transformer_classifier_with_a_cls_token(mirror, tmp_path, capsys):
+    """A 1-layer encoder with [CLS] pooling on 600 SST-2 phrases, one epoch: token attributions stay
+    complete (the learned pad embedding is the baseline) and the attention maps carry the [CLS] row."""
+    from strata.api import train
+
+    torch.set_num_threads(1)
+    res = train({"name": "sst2-cls", "data": {"name": "sst2", "batch_size": 32, "limit": 600, "vocab_size": 400,
+                                              "val_fraction": 0.01},
+                 "model": {"name": "transformer_classifier", "n_layer": 1, "n_head": 2, "dim": 16,
+                           "context_size": 32, "pooling": "cls", "dropout": 0.0},
+                 "task": {"name": "sequence_classify"},
+                 "trainer": {"max_epochs": 1, "progress": "off", "seed": 0, "device": "cpu"}},
+                run_dir=tmp_path / "cls")
+    (r,) = explain_run(res.run_dir, SENTENCES[:1], steps=64, device="cpu")
+    assert abs(r["completeness_gap"]) < 0.05 * max(abs(r["attribution_sum"] + r["completeness_gap"]), 0.01), r
+    out = tmp_path / "maps.png"
+    (a,) = explain_run(res.run_dir, SENTENCES[:1], method="attention", out=out, device="cpu")
+    assert (a["layers"], a["heads"], a["out"]) == (1, 2, str(out)) and out.is_file()
+    assert [t["token"] for t in a["tokens"]] == [t["token"] for t in r["tokens"]]  # [CLS] is not a token shown
+    assert all(0 <= t["attribution"] <= 1 for t in a["tokens"]) and a["attribution_sum"] <= 1 + 1e-6
+    from strata.explain.attention import attention_maps
+
+    ids = torch.tensor(load_tokenizer(res.run_dir).encode(" " + sst_normalize(SENTENCES[0])))
+    maps = attention_maps(res.task.eval(), ids)
+    assert maps.shape == (1, 2, len(ids) + 1, len(ids) + 1)  # the [CLS] position in front
+    torch.testing.assert_close(maps.sum(-1), torch.ones(1, 2, len(ids) + 1))
