@@ -119,11 +119,13 @@ class Task(nn.Module):
 
     # `strata explain`: scores differentiable in the input, and their names.
     def explain_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, K) scores (class logits, predicted numbers, an anomaly score) computed from inputs x."""
+        """(B, K) scores (class logits, predicted numbers, an anomaly score, next-token logits) computed from
+        inputs x and the further arguments `explain_args` gives (sequence lengths)."""
         from strata.errors import StrataError
 
-        raise StrataError(f"`strata explain` attributes the outputs of classify, regress and reconstruct runs; "
-                          f"this run's task ({type(self).__name__}) has no scores to explain yet")
+        raise StrataError(f"`strata explain` attributes the outputs of classify, sequence_classify, language_model, "
+                          f"regress and reconstruct runs; this run's task ({type(self).__name__}) has no scores "
+                          f"to explain yet")
 
     def explain_names(self) -> list[str]:
         return []

@@ -177,7 +177,7 @@ def test_tasks_without_scores_say_so():
     cfg = build_config({"data": {"name": "mnist"}, "model": {"name": "unet", "base_channels": 16},
                         "task": {"name": "diffusion"}})
     task = build_task(cfg, {"in_shape": [1, 28, 28], "num_classes": 10, "normalize": None})
-    with pytest.raises(StrataError, match="attributes the outputs of classify, regress and reconstruct runs"):
+    with pytest.raises(StrataError, match="attributes the outputs of classify, sequence_classify, language_model, regress and reconstruct runs"):
         task.explain_scores(torch.zeros(1, 1, 28, 28))
 
 
