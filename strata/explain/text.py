@@ -89,14 +89,14 @@ def tokens_html(tokens: list[dict]) -> str:
 
 
 def tokens_text(tokens: list[dict], console=None) -> str:
-    """The tokens with their colours for a terminal (rich); plain `token[+0.12]` pieces when the console
-    is not a terminal. Returns what was printed."""
+    """The tokens with their colours for a terminal (rich); plain `token[+0.12]` pieces, joined as the
+    text is, when the console is not a terminal. Returns what was printed."""
     from rich.console import Console
     from rich.text import Text
 
     console = console or Console()
     if not console.is_terminal:
-        line = " ".join(f"{t['token'].strip() or repr(t['token'])}[{t['attribution']:+.3f}]" for t in tokens)
+        line = "".join(f"{t['token']}[{t['attribution']:+.3f}]" for t in tokens).strip()  # pieces keep their spaces
         console.print(line, markup=False, highlight=False, soft_wrap=True)
         return line
     scale = _scale(tokens)
