@@ -49,15 +49,21 @@ def esc(value) -> str:
     return html.escape(str(value), quote=True)
 
 
-def png_img(png: bytes, alt: str, css_class: str = "") -> str:
-    """An <img> holding the PNG bytes themselves (a data: URL)."""
+def png_img(png: bytes, alt: str, css_class: str = "", scale: int = 1) -> str:
+    """An <img> holding the PNG bytes themselves (a data: URL); scale > 1 shows it that many times
+    larger (small samples, with css_class "pixels" to keep them sharp)."""
     data = base64.b64encode(png).decode("ascii")
     cls = f' class="{css_class}"' if css_class else ""
-    return f'<img{cls} alt="{esc(alt)}" src="data:image/png;base64,{data}">'
+    width = ""
+    if scale > 1:
+        import struct
+
+        width = f' width="{struct.unpack(">I", png[16:20])[0] * scale}"'  # the IHDR chunk's width
+    return f'<img{cls}{width} alt="{esc(alt)}" src="data:image/png;base64,{data}">'
 
 
-def png_file(path, alt: str, css_class: str = "") -> str:
-    return png_img(Path(path).read_bytes(), alt, css_class)
+def png_file(path, alt: str, css_class: str = "", scale: int = 1) -> str:
+    return png_img(Path(path).read_bytes(), alt, css_class, scale)
 
 
 def figure(img: str, caption: str = "", attrs: str = "") -> str:

@@ -80,7 +80,9 @@ def metric_curves(events: list[dict], out: str | Path) -> Path | None:
     (`loss` with `val/loss`, ...) on the same axes; None when no train or val event was logged."""
     train = [e for e in events if e.get("event") == "train"]
     val = [e for e in events if e.get("event") == "val"]
-    names = [k for e in train for k in e if k not in SKIP] + [k[4:] for e in val for k in e if k.startswith("val/")]
+    # a figure's name without its split: training's "loss" or "train/kl" and validation's "val/kl"
+    names = [k.removeprefix("train/") for e in train for k in e if k not in SKIP]
+    names += [k[4:] for e in val for k in e if k.startswith("val/")]
     names = list(dict.fromkeys(sorted(names, key=lambda k: (k != "loss", k))))  # loss first, then by name
     if not names:
         return None
@@ -89,8 +91,9 @@ def metric_curves(events: list[dict], out: str | Path) -> Path | None:
     rows = -(-len(names) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.6 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
-        for label, evs, key, colour in (("train", train, name, "tab:blue"), ("val", val, f"val/{name}", "tab:orange")):
-            pts = [(e["step"], e[key]) for e in evs if isinstance(e.get(key), (int, float))]
+        for label, evs, keys, colour in (("train", train, (name, f"train/{name}"), "tab:blue"),
+                                         ("val", val, (f"val/{name}",), "tab:orange")):
+            pts = [(e["step"], e[k]) for e in evs for k in keys if isinstance(e.get(k), (int, float))]
             if pts:
                 ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, ms=3, label=label, color=colour)
         values = [v for line in ax.get_lines() for v in line.get_ydata()]

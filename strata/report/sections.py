@@ -285,13 +285,15 @@ def _matrix_png(m: np.ndarray, names: list[str], ctx: Context) -> Path:
 def top_losses(ctx: Context, idx: torch.Tensor, logits, y, losses, names) -> str:
     """The TOP_LOSSES examples the run got most wrong (fastai's plot_top_losses), highest loss first, each
     with what it predicted and why: an image's attribution heatmap, a table row's top features, a text."""
-    order = losses.argsort(descending=True)[:TOP_LOSSES]
-    probs = logits.softmax(1)
-    batch = next(ctx.batches(idx[order]))
-    pred = logits[order].argmax(1)
     from strata.explain.run import input_kind
 
-    shown = SHOW.get(input_kind(ctx.info), show_plain)(ctx, batch, pred.to(ctx.device))
+    order = losses.argsort(descending=True)[:TOP_LOSSES]
+    probs = logits.softmax(1)
+    pred = logits[order].argmax(1)
+    show = SHOW.get(input_kind(ctx.info), show_plain)
+    shown: list[tuple[str, str]] = []
+    for batch in ctx.batches(idx[order]):  # in order of loss
+        shown += show(ctx, batch, pred[len(shown):len(shown) + len(batch["y"])].to(ctx.device))
     items = []
     for n, i in enumerate(order.tolist()):
         t, p = int(y[i]), int(pred[n])
@@ -432,7 +434,7 @@ def samples(ctx: Context) -> list[Section]:
     n = k * max(1, SAMPLES // k) if k else SAMPLES  # a conditional grid: whole rows of one sample per class
     out = ctx.run.task.generate({"n": n, "seed": 0, "out": str(ctx.png("samples.png"))}, ctx.folder.path)
     what = "one column per class" if "classes" in out else "seed 0"
-    return [Section("Samples", figure(png_file(out["out"], "generated samples", "pixels"),
+    return [Section("Samples", figure(png_file(out["out"], "generated samples", "pixels", scale=2),
                                       f"{out['n']} samples ({what}); <code>strata generate {esc(ctx.folder.path)} "
                                       "--n 64 --seed 1</code> draws others"))]
 
