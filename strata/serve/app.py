@@ -21,7 +21,8 @@ from typing import Any, Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -31,6 +32,14 @@ from strata.serve.runs import MAX_NEW_TOKENS, MAX_STEPS, ServedRun, unknown_run
 
 log = logging.getLogger("strata.serve")
 PAGE = Path(__file__).with_name("page.html")
+DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css"}  # Swagger UI's files
+
+
+def swagger_ui_files() -> Path:
+    """Swagger UI 5 (it reads OpenAPI 3.1, what FastAPI writes), as the swagger-ui-py package ships it."""
+    from importlib.util import find_spec
+
+    return Path(find_spec("swagger_ui").origin).parent / "static"
 PLACEHOLDER = ("<!doctype html><meta charset=utf-8><title>strata serve</title><h1>strata serve</h1>"
                "<p>The JSON API is at <a href=/docs>/docs</a>; the runs it serves are listed at "
                "<a href=/info>/info</a>.")
@@ -406,8 +415,22 @@ def build_app(runs: Runs) -> FastAPI:
             run.executor.shutdown(wait=False, cancel_futures=True)
         runs.scratch.remove()
 
-    app = FastAPI(title="strata serve", description=DESCRIPTION, lifespan=lifespan)
+    # /docs from files on this machine: FastAPI's default page loads Swagger UI from a CDN, which an
+    # offline machine (or a careful one) never reaches
+    app = FastAPI(title="strata serve", description=DESCRIPTION, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.runs = runs
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="strata serve: the API",
+                                   swagger_js_url="/docs/swagger-ui-bundle.js", swagger_css_url="/docs/swagger-ui.css",
+                                   swagger_favicon_url="data:,")
+
+    @app.get("/docs/{asset}", include_in_schema=False)
+    async def docs_asset(asset: str):
+        if asset not in DOCS_ASSETS:  # two fixed files: a request never names a path
+            return error(404, f"no route GET /docs/{asset}; see /docs", "path")
+        return FileResponse(swagger_ui_files() / asset, media_type=DOCS_ASSETS[asset])
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):

@@ -107,7 +107,12 @@ def test_info_describes_each_run_and_the_limits(client):
                               "batching": True}
     assert client.get("/health").json() == {"status": "ok", "runs": 6}
     assert "/runs/{name}/predict" in client.get("/openapi.json").json()["paths"]
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/docs/swagger-ui-bundle.js" in docs.text
+    assert "https://" not in docs.text and "http://" not in docs.text  # nothing from a CDN: works offline
+    js = client.get("/docs/swagger-ui-bundle.js")
+    assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript") and len(js.content) > 1e5
+    assert client.get("/docs/config.py").status_code == 404  # two fixed files, no path from the request
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
 
