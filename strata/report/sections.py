@@ -487,12 +487,12 @@ def translations(ctx: Context) -> list[Section]:
 def recommendations(ctx: Context) -> list[Section]:
     users = ctx.info.get("user_ids") or []
     parts = []
-    for user in users[1:4]:  # index 0 is the unknown user
+    for n, user in enumerate(users[1:4], 1):  # index 0 is the unknown user
         out = ctx.run.task.recommend({"user": user, "top": 5}, ctx.folder.path)
         key = "rating" if out["top"] and "rating" in out["top"][0] else "score"
         parts.append(f"<h3>user {esc(user)}</h3>" + table(["item", "title", key],
                                                           [[r["item"], r.get("title", ""), r.get(key, "")]
-                                                           for r in out["top"]], numeric_from=2))
+                                                           for r in out["top"]], f"recommendations-{n}", 2))
     return [Section("Recommendations", '<p class="muted">The top 5 items each of the first users has not rated.</p>'
                     + "".join(parts))] if parts else []
 

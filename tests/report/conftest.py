@@ -19,6 +19,17 @@ GAN = {"name": "tiny-gan", "data": {"name": "mnist", "batch_size": 16, "limit": 
        "model": {"name": "dcgan", "latent_dim": 16, "g_channels": 8, "d_channels": 8, "conditional": True},
        "task": {"name": "gan"}, "optimizer": {"name": "adam", "lr": 2e-4, "betas": [0.5, 0.999]}, "trainer": QUICK}
 
+SST2 = {"name": "tiny-sst2", "data": {"name": "sst2", "batch_size": 32, "limit": 256},
+        "model": {"name": "rnn_classifier", "hidden": 16, "embed_dim": 16}, "task": {"name": "sequence_classify"},
+        "trainer": QUICK}
+ENG_FRA = {"name": "tiny-eng-fra", "data": {"name": "eng_fra", "max_words": 6, "max_len": 16, "vocab_size": 500,
+                                            "shared_vocab": True, "batch_size": 32, "limit": 512},
+           "model": {"name": "transformer_seq2seq", "n_layer": 1, "n_head": 2, "dim": 32},
+           "task": {"name": "seq2seq", "beam_size": 2}, "trainer": QUICK}
+MOVIELENS = {"name": "tiny-mf", "data": {"name": "movielens_100k", "batch_size": 256},
+             "model": {"name": "mf", "dim": 8}, "task": {"name": "rating"}, "trainer": QUICK}
+MIRRORED = {"lm": LM, "gan": GAN, "sst2": SST2, "eng_fra": ENG_FRA, "movielens": MOVIELENS}
+
 
 @pytest.fixture
 def cli(capsys):
@@ -85,14 +96,39 @@ def _trained(tmp_path_factory, config: dict) -> Path:
 
 
 @pytest.fixture
-def lm_run(mirror, trained_runs, tmp_path_factory) -> Path:
-    if "lm" not in trained_runs:
-        trained_runs["lm"] = _trained(tmp_path_factory, LM)
-    return trained_runs["lm"]
+def mirrored_run(mirror, trained_runs, tmp_path_factory):
+    """mirrored_run(name) -> a run of MIRRORED[name] trained a few steps, with its report."""
+
+    def get(name: str) -> Path:
+        if name not in trained_runs:
+            trained_runs[name] = _trained(tmp_path_factory, MIRRORED[name])
+        return trained_runs[name]
+
+    return get
 
 
 @pytest.fixture
-def gan_run(mirror, trained_runs, tmp_path_factory) -> Path:
-    if "gan" not in trained_runs:
-        trained_runs["gan"] = _trained(tmp_path_factory, GAN)
-    return trained_runs["gan"]
+def lm_run(mirrored_run) -> Path:
+    return mirrored_run("lm")
+
+
+@pytest.fixture
+def gan_run(mirrored_run) -> Path:
+    return mirrored_run("gan")
+
+
+@pytest.fixture
+def diabetes_run(trained_runs, tmp_path_factory) -> Path:
+    """A regression MLP on scikit-learn's diabetes table (a CSV written here), 30 steps."""
+    if "diabetes" not in trained_runs:
+        from sklearn.datasets import load_diabetes
+
+        d = load_diabetes(scaled=False)
+        csv = tmp_path_factory.mktemp("diabetes") / "diabetes.csv"
+        rows = [",".join(d.feature_names + ["progression"])]
+        csv.write_text("\n".join(rows + [",".join(f"{v:.6g}" for v in (*x, y)) for x, y in zip(d.data, d.target)]))
+        trained_runs["diabetes"] = _trained(tmp_path_factory, {
+            "name": "diabetes", "data": {"name": "csv", "path": str(csv), "target": "progression", "batch_size": 32},
+            "model": {"name": "mlp", "hidden": [32]}, "task": {"name": "regress"},
+            "trainer": {**QUICK, "max_steps": 30, "max_epochs": 5}})
+    return trained_runs["diabetes"]

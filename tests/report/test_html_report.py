@@ -186,6 +186,46 @@ def test_gan_report_holds_a_sample_grid(gan_run):
     no_network(text)
 
 
+def test_text_classifier_top_losses_colour_each_token(mirrored_run):
+    text, page = read(mirrored_run("sst2") / "report.html")
+    assert {"Confusion matrix", "Per-class precision and recall", "Top losses"} <= set(page.headings)
+    assert page.losses == sorted(page.losses, reverse=True) and len(page.losses) == TOP_LOSSES
+    sentences = re.findall(r'<p class="sentence">(.*?)</p>', text, re.S)
+    assert len(sentences) == TOP_LOSSES
+    for sentence in sentences:
+        spans = re.findall(r'<span class="token" style="background:rgb\((\d+),(\d+),(\d+)\)" title="([-+.\d]+)">',
+                           sentence)
+        assert len(spans) >= 2  # a token each, with its attribution
+        assert any(c != ("255", "255", "255") for *c, _ in spans)  # and coloured by it
+    no_network(text)
+
+
+def test_regression_shows_predicted_vs_true_with_the_test_rmse(diabetes_run):
+    text, page = read(diabetes_run / "report.html")
+    summary = json.loads((diabetes_run / "summary.json").read_text())
+    assert "Predicted vs true" in page.headings
+    rmse = float(re.search(r"test examples; RMSE ([\d.]+)", text).group(1))
+    assert rmse == pytest.approx(summary["test/rmse"], rel=1e-3)  # every test example, in the target's units
+    assert decode(page.images[-1]).width > 600  # the scatter and the residuals side by side
+
+
+def test_translation_and_recommendation_reports(mirrored_run):
+    text, page = read(mirrored_run("eng_fra") / "report.html")
+    rows = page.tables["translation-table"]
+    assert rows[0] == ["source", "reference", "translation"] and len(rows) == 9
+    assert all(r[0] and r[1] for r in rows[1:])  # English sentences and their French references
+    run = mirrored_run("movielens")
+    text, page = read(run / "report.html")
+    assert "Recommendations" in page.headings
+    info = json.loads((run / "info.json").read_text())
+    from strata.data.ratings import rated_by_user
+
+    rated = rated_by_user(info)
+    for u in (1, 2, 3):  # the first users: 5 items each that they have not rated
+        items = [r[0] for r in page.tables[f"recommendations-{u}"][1:]]
+        assert len(items) == 5 and not set(items) & {info["item_ids"][i] for i in rated[u]}
+
+
 def test_a_run_without_a_checkpoint_gets_a_report_of_what_it_has(digits_run, tmp_path):
     """A run stopped before its first save: config, curves and metrics, and a note saying what is missing."""
     run = tmp_path / "early"
