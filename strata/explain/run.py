@@ -126,11 +126,11 @@ def _explain_values(run, task, spec, kind, inputs, method, target, steps, out, t
 
     check_method(method, kind)
     x, args = task.explain_args(to_device(task.explain_inputs(inputs, spec, run.info, run.run_dir), dev))
-    if not torch.is_tensor(x) or not x.is_floating_point():
+    with torch.no_grad():
+        scores = task.explain_scores(x, *args).float()  # a task without scores says so first
+    if not x.is_floating_point():
         raise StrataError("attributions need real-valued inputs (images, table rows, audio frames, time series); "
                           "this run reads token ids")
-    with torch.no_grad():
-        scores = task.explain_scores(x, *args).float()
     names = task.explain_names()
     t = resolve_target(target, names, scores)
     image = kind == "image"
