@@ -131,3 +131,27 @@ def predicted_vs_true(y_true, y_pred, out: str | Path, name: str = "target") -> 
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return Path(out)
+
+
+def score_histogram(scores, anomalous, threshold: float | None, out: str | Path) -> Path:
+    """Anomaly scores of normal and anomalous examples (one histogram when labels are unknown) and the
+    alarm threshold chosen on validation data."""
+    plt = _plt()
+    s = np.asarray(scores, dtype=float)
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    bins = np.histogram_bin_edges(s, bins=50)
+    if anomalous is None:
+        ax.hist(s, bins=bins, color="tab:blue", alpha=0.8, label="examples")
+    else:
+        a = np.asarray(anomalous, dtype=bool)
+        ax.hist(s[~a], bins=bins, color="tab:blue", alpha=0.6, label="normal")
+        ax.hist(s[a], bins=bins, color="tab:red", alpha=0.6, label="anomalous")
+    if threshold is not None and np.isfinite(threshold):
+        ax.axvline(threshold, color="black", lw=1, ls="--", label="threshold")
+    ax.set_xlabel("anomaly score (mean reconstruction error)")
+    ax.set_ylabel("examples")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return Path(out)

@@ -423,6 +423,37 @@ def regression(ctx: Context) -> list[Section]:
                     + figure(png_file(path, "predicted vs true and residuals")))]
 
 
+# --- autoencoders ----------------------------------------------------------------------------------
+@guarded("Reconstructions")
+def reconstructions(ctx: Context) -> list[Section]:
+    """Test images above their reconstructions, and the anomaly scores against the alarm threshold."""
+    from strata.report.grid import png_bytes
+    from strata.report.plots import score_histogram
+
+    task = ctx.run.task.eval()
+    split, _, idx = ctx.split
+    scores, labels, body = [], [], ""
+    with torch.no_grad():
+        for batch in ctx.batches(idx):
+            x = batch["x"]
+            out = task.model(x)
+            scores.append(task.scores(x, out).float().cpu())
+            flags = task.anomaly_labels(batch)
+            labels.append(None if flags is None else flags.cpu())
+            if not body and ctx.info.get("kind") == "image":
+                n = min(8, len(x))
+                pair = torch.cat([x[:n].float().cpu(), task.reconstruction(out[:n]).float().cpu()])
+                body = figure(png_img(png_bytes(pair, nrow=n), "test images and their reconstructions", "pixels",
+                                      scale=3), f"{n} {split} images (top) and their reconstructions (bottom)")
+    anomalous = None if any(v is None for v in labels) else torch.cat(labels).numpy()
+    threshold = float(task.threshold)
+    path = score_histogram(torch.cat(scores).numpy(), anomalous, threshold, ctx.png("scores.png"))
+    return [Section("Reconstructions", body + figure(png_file(path, "anomaly scores"),
+                                                     f"anomaly scores of {len(idx):,} {split} examples"
+                                                     + ("" if threshold == threshold else "; no threshold chosen "
+                                                        "yet (it is set at validation)")))]
+
+
 # --- generators ------------------------------------------------------------------------------------
 JUDGED = ("frechet", "share_min", "share_max", "recognised", "recognised_min_class")
 
@@ -502,6 +533,7 @@ TASK_SECTIONS: dict[str, list[Callable[[Context], list[Section]]]] = {
     "classify": [classifier, feature_hierarchy],
     "sequence_classify": [classifier],
     "regress": [regression],
+    "reconstruct": [reconstructions],
     "gan": [samples, judged],
     "diffusion": [samples, judged],
     "vae": [samples, judged],

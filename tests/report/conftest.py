@@ -28,7 +28,10 @@ ENG_FRA = {"name": "tiny-eng-fra", "data": {"name": "eng_fra", "max_words": 6, "
            "task": {"name": "seq2seq", "beam_size": 2}, "trainer": QUICK}
 MOVIELENS = {"name": "tiny-mf", "data": {"name": "movielens_100k", "batch_size": 256},
              "model": {"name": "mf", "dim": 8}, "task": {"name": "rating"}, "trainer": QUICK}
-MIRRORED = {"lm": LM, "gan": GAN, "sst2": SST2, "eng_fra": ENG_FRA, "movielens": MOVIELENS}
+AUTOENCODER = {"name": "tiny-ae", "data": {"name": "mnist", "batch_size": 32, "limit": 256},
+               "model": {"name": "autoencoder", "kind": "conv", "latent": 8, "channels": [8, 16]},
+               "task": {"name": "reconstruct", "loss": "bce", "anomaly_classes": [9]}, "trainer": QUICK}
+MIRRORED = {"lm": LM, "gan": GAN, "sst2": SST2, "eng_fra": ENG_FRA, "movielens": MOVIELENS, "autoencoder": AUTOENCODER}
 
 
 @pytest.fixture

@@ -226,6 +226,16 @@ def test_translation_and_recommendation_reports(mirrored_run):
         assert len(items) == 5 and not set(items) & {info["item_ids"][i] for i in rated[u]}
 
 
+def test_autoencoder_report_shows_reconstructions_and_anomaly_scores(mirrored_run):
+    text, page = read(mirrored_run("autoencoder") / "report.html")
+    assert "Reconstructions" in page.headings
+    section = text[text.index('<section id="reconstructions">'):]
+    pair, scores = [decode(src) for src in re.findall(r'<img[^>]*src="([^"]+)"', section)[:2]]
+    assert pair.size == (8 * 30 + 2, 2 * 30 + 2)  # 8 test digits above their 8 reconstructions
+    assert scores.width > 400 and "anomaly scores of" in section
+    no_network(text)
+
+
 def test_a_run_without_a_checkpoint_gets_a_report_of_what_it_has(digits_run, tmp_path):
     """A run stopped before its first save: config, curves and metrics, and a note saying what is missing."""
     run = tmp_path / "early"
