@@ -64,7 +64,7 @@ class ServedRun:
         task = run.task
         served.input = input_kind(run.cfg.data.name, run.info, task)
         can = {"predict": served.input not in ("none", "ratings") and _overrides(task, "predict_step"),
-               "explain": served.input in ("image", "table", "timeseries", "audio", "array")
+               "explain": served.input in ("image", "table", "timeseries", "audio", "array", "text")
                and _overrides(task, "explain_scores"),
                "generate": _overrides(task, "generate"),
                "stream": run.cfg.task.name == "language_model",

@@ -85,12 +85,17 @@ def tiny_runs(session_mirror, tmp_path_factory) -> dict[str, Path]:
     csv = {"name": "table", "data": {"name": "csv", "path": str(table), "target": "label", "batch_size": 32},
            "model": {"name": "mlp", "hidden": [16]}, "task": {"name": "classify"},
            "optimizer": {"name": "adam", "lr": 1e-2}, "trainer": {**quick, "max_steps": 0, "max_epochs": 5}}
+    sst = {"name": "sst", "data": {"name": "sst2", "batch_size": 32, "limit": 300, "vocab_size": 300,
+                                   "val_fraction": 0.05, "max_len": 64},
+           "model": {"name": "rnn_classifier", "cell": "gru", "hidden": 8, "embed_dim": 8}, "task": {"name": "sequence_classify"},
+           "trainer": quick}
     return {"lm": train_tiny(tmp_path_factory, lm, "lm"), "gan": train_tiny(tmp_path_factory, gan, "gan"),
             "table": train_tiny(tmp_path_factory, csv, "table"),
             "ml": train_tiny(tmp_path_factory, "movielens-mf.toml", "ml", "trainer.max_epochs=1",
                              "trainer.max_steps=3", "model.dim=8"),
             "fsdd": train_tiny(tmp_path_factory, "fsdd-gru.toml", "fsdd", "trainer.max_epochs=1", "trainer.max_steps=2",
-                               "model.hidden=8", "model.layers=1", "data.limit=64")}
+                               "model.hidden=8", "model.layers=1", "data.limit=64"),
+            "sst": train_tiny(tmp_path_factory, sst, "sst")}
 
 
 def spoken_digit(index: int = 0) -> tuple[bytes, str]:

@@ -92,7 +92,7 @@ def test_predict_on_real_digits_equals_strata_predict_json(client, mnist_cnn_run
 def test_info_describes_each_run_and_the_limits(client):
     info = client.get("/info").json()
     runs = {r["name"]: r for r in info["runs"]}
-    assert list(runs) == ["mnist-cnn", "lm", "gan", "table", "ml", "fsdd"]
+    assert list(runs) == ["mnist-cnn", "lm", "gan", "table", "ml", "fsdd", "sst"]
     cnn = runs["mnist-cnn"]
     assert (cnn["task"], cnn["input"], cnn["actions"]) == ("classify", "image", ["predict", "explain"])
     assert cnn["class_names"] == [str(i) for i in range(10)]
@@ -105,7 +105,7 @@ def test_info_describes_each_run_and_the_limits(client):
     assert (runs["fsdd"]["input"], runs["fsdd"]["actions"][0]) == ("audio", "predict")
     assert info["limits"] == {"max_body_bytes": 10 * 2**20, "max_items": 16, "timeout_s": 30.0, "max_batch": 32,
                               "batching": True}
-    assert client.get("/health").json() == {"status": "ok", "runs": 6}
+    assert client.get("/health").json() == {"status": "ok", "runs": 7}
     assert "/runs/{name}/predict" in client.get("/openapi.json").json()["paths"]
     docs = client.get("/docs")
     assert docs.status_code == 200 and "/docs/swagger-ui-bundle.js" in docs.text
@@ -176,6 +176,20 @@ def test_audio_predict_equals_strata_predict(client, tiny_runs, tmp_path):
     r = client.post("/runs/fsdd/predict", json={"inputs": ["data:audio/wav;base64," + b64(wav)]})
     assert r.status_code == 200, r.text
     assert r.json()["predictions"] == as_printed(predict_run(tiny_runs["fsdd"], [str(tmp_path / name)], device="cpu"))
+
+
+def test_a_sentence_is_classified_as_strata_predict_does_and_explained_token_by_token(client, tiny_runs):
+    info = next(r for r in client.get("/info").json()["runs"] if r["name"] == "sst")
+    assert info["input"] == "text" and info["actions"] == ["predict", "explain"]
+    sentences = ["a gripping, beautifully acted film", "dull and far too long"]
+    r = client.post("/runs/sst/predict", json={"inputs": sentences})
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"] == as_printed(predict_run(tiny_runs["sst"], sentences, device="cpu"))
+    e = client.post("/runs/sst/explain", json={"inputs": sentences[:1]})
+    assert e.status_code == 200, e.text
+    tokens = e.json()["explanations"][0]["tokens"]
+    assert "".join(t["token"] for t in tokens).replace(" ", "") == sentences[0].replace(" ", "")
+    assert "heatmap" not in e.json()
 
 
 def digit_b64() -> str:

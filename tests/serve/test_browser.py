@@ -172,6 +172,18 @@ def test_ratings_and_audio_runs(browser_page, server, session_mirror):
     browser_page.assert_no_errors()
 
 
+def test_a_sentence_is_classified_and_its_tokens_coloured(browser_page, server):
+    page = open_run(browser_page, server, "sst")
+    page.fill("#text-input", "a gripping, beautifully acted film")
+    page.press("#text-input", "Enter")
+    page.wait_for_selector("#prediction-label")
+    assert page.text_content("#prediction-label") in ("positive", "negative", "0", "1")
+    page.wait_for_selector("#explain-tokens span")
+    shown = "".join(page.locator("#explain-tokens span").all_text_contents()).replace(" ", "")
+    assert shown == "agripping,beautifullyactedfilm"  # every piece of the sentence, coloured by its attribution
+    browser_page.assert_no_errors()
+
+
 # --- against a scripted API: the other run kinds ------------------------------------------------
 
 class FakeApi:
