@@ -328,8 +328,9 @@ def cmd_features(a) -> int:
         c = out["probe"]
         print(f"linear probes ({c['train_examples']:,} train / {c['test_examples']:,} test examples, "
               f"{c['seconds']:.1f} s): {c['path']}")
+        wl, wk = (max(len(r[k]) for r in c["layers"]) for k in ("layer", "kind"))
         for i, r in enumerate(c["layers"]):
-            print(f"  {i:>2} {r['layer']:<24} {r['kind']:<28} {r['features']:>6} features  {r['test_acc']:.2%}")
+            print(f"  {i:>2} {r['layer']:<{wl}}  {r['kind']:<{wk}} {r['features']:>6,} features  {r['test_acc']:.2%}")
     return 0
 
 

@@ -133,12 +133,14 @@ def draw_probe_curve(curve: dict, out, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     ax.plot(range(len(layers)), accs, "o-", color="tab:blue")
     for i, a in enumerate(accs):
-        ax.annotate(f"{a:.1%}", (i, a), textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
+        ax.annotate(f"{a:.1%}", (i, a), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
     ax.set_xticks(range(len(layers)), [f"{i}\n{r['layer']}" for i, r in enumerate(layers)], fontsize=8)
     ax.set_xlabel("layer (0 = the raw input)")
     ax.set_ylabel("linear-probe test accuracy")
-    lo = min(accs)
-    ax.set_ylim(max(0.0, lo - 0.15 * (max(accs) - lo) - 0.02), min(1.0, max(accs) + 0.05 * (max(accs) - lo) + 0.01))
+    lo, hi = min(accs), max(accs)
+    span = hi - lo + 0.01
+    ax.set_ylim(max(0.0, lo - 0.1 * span), hi + 0.12 * span)  # room above the highest label
+    ax.set_yticks([t for t in ax.get_yticks() if 0 <= t <= 1])  # no accuracy above 100 %
     ax.grid(alpha=0.3)
     ax.set_title(title or f"linear probes: {curve['train_examples']:,} train / {curve['test_examples']:,} test "
                           "examples", fontsize=10)
