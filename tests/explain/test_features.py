@@ -116,6 +116,20 @@ def test_pooling_for_the_probe():
     assert pooled(seq, torch.tensor([3, 1]), 3, 2048)[:, 0].tolist() == [1.5, 4.5]
 
 
+def test_filters_of_colour_and_other_inputs():
+    rgb = nn.Sequential(nn.Conv2d(3, 4, 5), nn.ReLU(), nn.Conv2d(4, 2, 3))
+    with torch.no_grad():
+        rgb[0].weight.zero_()
+        rgb[0].weight[0, 0, 2, 2] = -2.0  # filter 0: one red weight below zero
+    f = first_layer_filters(rgb)
+    assert f.shape == (4, 3, 5, 5)  # the first convolution only, in colour
+    assert f[0, 0, 2, 2] == 0 and f[0].sum() == 0.5 * 75 - 0.5  # zero weights are grey (0.5)
+    two = nn.Sequential(nn.Conv2d(2, 6, 3))  # two input channels: their mean, in grey
+    assert first_layer_filters(two).shape == (6, 1, 3, 3)
+    with pytest.raises(StrataError, match="has no 2-d convolution"):
+        first_layer_filters(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+
+
 def test_receptive_fields_are_the_closed_form():
     """Measured by gradients; the closed form r_l = r_(l-1) + (k_l - 1) * j_(l-1) (j: the product of
     the strides so far) gives LeNet-5's S2 6 px at stride 2 and S4 16 px at stride 4."""
