@@ -263,8 +263,8 @@ def features_run(run_dir, inputs: list[str] | None = None, layers: list[str] | N
     from strata.api import load_run
     from strata.data import load_data
     from strata.device import pick_device
-
     from strata.fitting import Run
+    from strata.report.grid import save_grid
 
     unknown = [p for p in (parts or ()) if p not in PARTS]
     if unknown:
@@ -279,10 +279,11 @@ def features_run(run_dir, inputs: list[str] | None = None, layers: list[str] | N
     dev = run.device
     has_conv = bool(conv2d_layers(model))
     asked = list(parts) if parts else [p for p in PARTS if has_conv or p == "probe"]
-    if not has_conv and set(asked) & {"filters", "maps", "patches"}:
+    if not has_conv and (inputs or set(asked) & {"filters", "maps", "patches"}):
         raise no_convolution(run.cfg.model.name)
-    if inputs and not set(asked) & {"maps"}:
+    if inputs and "maps" not in asked:
         raise StrataError("--input is drawn as feature maps; add maps to --only (or leave --only out)")
+    given = _inputs(run, inputs) if inputs else None  # a file of the wrong kind fails before the data loads
     bundle = load_data(run.cfg.data)
     test = bundle.test if bundle.test is not None and len(bundle.test) else bundle.val
     if test is None or not len(test):
@@ -294,8 +295,6 @@ def features_run(run_dir, inputs: list[str] | None = None, layers: list[str] | N
     notes = []
     result = {"run_dir": str(run.run_dir), "out": str(folder), "stages": [s.name for s in found], "notes": notes}
     folder.mkdir(parents=True, exist_ok=True)
-
-    from strata.report.grid import save_grid
 
     if "filters" in asked:
         f = first_layer_filters(model)
@@ -311,7 +310,7 @@ def features_run(run_dir, inputs: list[str] | None = None, layers: list[str] | N
                               "(B, C, H, W); name convolution stages with --layers")
 
     if "maps" in asked:
-        x, names = _inputs(run, inputs) if inputs else (sample[key][:1].cpu(), ["test-0"])
+        x, names = given or (sample[key][:1].cpu(), ["test-0"])
         x = x.to(dev)
         with Catch(spatial) as caught, torch.no_grad():
             model(x)
