@@ -3,6 +3,7 @@ started as `python -m strata serve` on a free loopback port, and real MNIST test
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -61,6 +63,13 @@ def mnist_cnn_run(session_mirror, tmp_path_factory) -> Path:
     images' evaluation included; ~80 % test accuracy)."""
     return train_tiny(tmp_path_factory, "mnist-cnn.toml", "mnist-cnn", "data.limit=3000", "trainer.max_epochs=1",
                       "data.val_fraction=0.02", "trainer.sanity_val_batches=0", "trainer.progress=off")
+
+
+def run_coroutine(coroutine):
+    """asyncio.run(coroutine) in a thread of its own: once a browser test has started Playwright, its
+    event loop keeps running in the main thread, where asyncio.run refuses to start another."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import sys
 
 import httpx
 import pytest
-from conftest import REPO, mnist_digit, running_server, spoken_digit
+from conftest import REPO, mnist_digit, run_coroutine, running_server, spoken_digit
 from PIL import Image
 
 from strata.evaluate import explain_run, predict_run, recommend_run
@@ -46,7 +46,6 @@ def cli_json(*args: str) -> dict:
 
 def in_process(app, calls):
     """Run `calls(client)` against the ASGI app itself (lifespan included); returns what it returns."""
-    import asyncio
 
     async def main():
         async with app.router.lifespan_context(app):
@@ -54,7 +53,7 @@ def in_process(app, calls):
             async with httpx.AsyncClient(transport=transport, base_url="http://served") as c:
                 return await calls(c)
 
-    return asyncio.run(main())
+    return run_coroutine(main())
 
 
 @pytest.fixture(scope="module")

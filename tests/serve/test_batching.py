@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from conftest import run_coroutine
+
 from strata.errors import StrataError
 from strata.serve.batching import Batcher
 
@@ -40,7 +42,7 @@ def run_requests(requests: list[list], **options) -> tuple[Recorder, list]:
             await batcher.stop()
             return out
 
-    return recorder, asyncio.run(main())
+    return recorder, run_coroutine(main())
 
 
 def test_concurrent_requests_share_one_call():
@@ -81,4 +83,4 @@ def test_an_abandoned_request_is_skipped():
             await batcher.stop()
             return out
 
-    assert asyncio.run(main()) == [4] and recorder.calls == [[2]]
+    assert run_coroutine(main()) == [4] and recorder.calls == [[2]]
