@@ -53,13 +53,15 @@ def _run(cmd, env):
     return out
 
 
-def check_two_processes_match_one(config: str, tmp_path: Path) -> dict:
+def check_two_processes_match_one(config: str, tmp_path: Path, one: dict | None = None,
+                                  two: dict | None = None) -> dict:
     """Train `config` (a {batch} placeholder; 1184 digits, 2 epochs) in one process at batch 32 and
-    under torchrun in 2 processes at 16 each: the same weights within float tolerance. Returns them."""
+    under torchrun in 2 processes at 16 each: the same weights within float tolerance. Returns them.
+    `one` / `two`: the placeholders' values for each run instead (the same global batch of 32)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one_cfg, two_cfg = tmp_path / "one.toml", tmp_path / "two.toml"
-    one_cfg.write_text(config.format(batch=32))
-    two_cfg.write_text(config.format(batch=16))  # per process: 2 x 16 = the same global batch of 32
+    one_cfg.write_text(config.format(**(one or {"batch": 32})))
+    two_cfg.write_text(config.format(**(two or {"batch": 16})))  # per process: 2 x 16 = the same global batch
 
     _run([sys.executable, "-m", "strata", "train", str(one_cfg), "--run-dir", str(tmp_path / "one"),
           "--device", "cpu"], env)
@@ -184,3 +186,71 @@ def test_validation_end_metrics_cover_every_process_shard(tmp_path: Path):
               "val/loss"):
         assert two[k] == pytest.approx(one[k], rel=1e-6, abs=1e-9), k
     assert 0.0 < one["val/auroc"] < 1.0
+
+
+def test_gradient_accumulation_under_ddp_matches_one_process(tmp_path: Path):
+    """2 processes x batch 8 x 2 micro-batches (no_sync on the first) reach the weights of one
+    process at batch 32: the same 74 optimiser steps over the same examples."""
+    config = CONFIG.replace("seed = 3", "seed = 3\ngrad_accum = {accum}")
+    check_two_processes_match_one(config, tmp_path, one={"batch": 32, "accum": 1}, two={"batch": 8, "accum": 2})
+
+
+GAN_UNDER_DDP = """
+import json, sys
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from strata.build import build_config
+from strata.train import Callback
+from strata.train.checkpoint import weights_sha256
+from strata.train.strategy import Replicated
+from strata.train.trainer import Trainer
+
+calls = {}
+
+
+class CountBucketAllReduces(Callback):
+    def on_fit_start(self, trainer):
+        for name, unit, _ in trainer.strategy.units:
+            assert isinstance(unit, Replicated), type(unit)
+            calls[name] = 0
+
+            def hook(state, bucket, name=name):
+                calls[name] += 1
+                return allreduce_hook(state, bucket)
+
+            unit.register_comm_hook(None, hook)
+
+
+cfg = build_config({"name": "gan-ddp", "data": {"name": "digits", "batch_size": 16, "limit": 256},
+                    "model": {"name": "dcgan", "latent_dim": 16, "g_channels": 8, "d_channels": 8},
+                    "task": {"name": "gan"}, "optimizer": {"name": "adam", "lr": 0.001},
+                    "trainer": {"max_epochs": 1, "grad_accum": 2, "seed": 5, "progress": "off"}})
+trainer = Trainer(cfg, run_dir=sys.argv[1], device="cpu", callbacks=[CountBucketAllReduces()])
+summary = trainer.fit()
+shas = trainer.dist.all_gather_object(weights_sha256(trainer.task.state_dict()))
+if trainer.main:
+    json.dump({"calls": calls, "shas": shas, "steps": trainer.step, "summary": summary,
+               "keys": sorted(trainer.task.state_dict())}, open(sys.argv[2], "w"))
+trainer.dist.teardown()
+"""
+
+
+def test_gan_phases_under_ddp_reduce_each_net_once_per_step_and_keep_replicas_equal(tmp_path: Path):
+    """A DCGAN under 2 processes: generator and discriminator are each a DistributedDataParallel
+    unit; each all-reduces its gradient bucket once per optimiser step (its own phase, on the
+    accumulation boundary only: 8 micro-batches with grad_accum 2 give 4 steps, 4 all-reduces each),
+    and both processes end with the same weights. (It cannot match one process: each process draws
+    its own noise z.) Checkpoint keys carry no DDP `module.`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = tmp_path / "gan_ddp.py"
+    script.write_text(GAN_UNDER_DDP)
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+          "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script), str(tmp_path / "run"),
+          str(tmp_path / "out.json")], env)
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["steps"] == 4  # 256 digits / (2 x 16) = 8 micro-batches, 2 per step
+    assert out["calls"] == {"model.generator": 4, "model.discriminator": 4}
+    assert out["shas"][0] == out["shas"][1] == out["summary"]["weights_sha256"]
+    assert not any(".module." in k for k in out["keys"])
+    weights, _, _ = load_checkpoint(tmp_path / "run" / "checkpoints" / "last")
+    assert sorted(weights) == out["keys"]
+    assert all(torch.isfinite(v).all() for v in weights.values())
