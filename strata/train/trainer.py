@@ -205,6 +205,7 @@ class Trainer:
         process's random state, so a resume on as many processes continues each one's stream."""
         state = {
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "global_batch": self.train_batches.global_batch,
             "schedules": {k: s.state_dict() for k, s in self.schedules.items()},
             "scaler": self.precision.state_dict(),
             "rng": rngs[0], "rng_ranks": rngs,
@@ -238,6 +239,19 @@ class Trainer:
         self._call("on_checkpoint_saved", which, path)
         return sha
 
+    def _check_position(self, state: dict, last) -> None:
+        """batch_in_epoch counts global batches (batch_size x processes): mid-epoch, a run resumed on
+        another number of processes continues at the same example only with the same global batch."""
+        saved, now = state.get("global_batch"), self.train_batches.global_batch
+        if not saved or saved == now or not state["batch_in_epoch"]:
+            return
+        world = self.dist.world
+        fix = (f"set [data] batch_size = {saved // world}" if saved % world == 0 else
+               f"run on a number of processes that divides {saved}")
+        raise ConfigError(f"--resume: {last} stopped in the middle of epoch {state['epoch'] + 1} with global "
+                          f"batches of {saved} examples; this run's are {self.cfg.data.batch_size} x {world} "
+                          f"process(es) = {now}; {fix} to continue at the same example")
+
     def _rng_states(self) -> list[dict]:
         """Every process's random state, in rank order (sent as torch.save bytes: pickle cannot carry
         the numpy state's uint32 tensor)."""
@@ -258,6 +272,7 @@ class Trainer:
             raise CheckpointError(f"--resume: {', '.join(changed)} differ from the config the checkpoint in "
                                   f"{self.run_dir} was trained with; resume with {self.folder.config} "
                                   "(or start a new run folder for the new settings)")
+        self._check_position(state, last)
         if "shards" in state:  # resharded for this run's processes by torch.distributed.checkpoint
             self.strategy.load_sharded(Path(state["shards"]), self.task, self.optimizers)
         elif self.strategy.sharded_checkpoints and self.dist.enabled:
