@@ -121,7 +121,11 @@ class Strategy:
         kwargs = {"device_ids": [self.device.index] if self.device.type == "cuda" else None,
                   # buffers (batch-norm statistics) are broadcast from rank 0 before each validation and
                   # checkpoint, as the trainer always did, not at every forward
-                  "forward_sync_buffers": False}
+                  "forward_sync_buffers": False,
+                  # a model may leave some of its parameters out of a step (a layer it does not call, a
+                  # branch the input skips): DDP then looks for them in the graph after each forward
+                  # (one pass over the autograd graph) rather than wait forever for their gradients
+                  "find_unused_parameters": True}
         for name, module, opt in units(task, owner):
             wrapped = Replicated(module, opt, **kwargs)
             _replace(task, name, wrapped)
