@@ -145,6 +145,10 @@ class Strategy:
         """Around an evaluation pass, in which the processes run different numbers of batches."""
         yield
 
+    def backward_inputs(self, params: list[nn.Parameter]) -> list[nn.Parameter] | None:
+        """What a phase's backward pass computes gradients for, given its optimiser's parameters."""
+        return params
+
     def full_state_dict(self, task: nn.Module) -> dict[str, torch.Tensor]:
         """The whole task's weights on every process (a collective under fsdp)."""
         return task.state_dict()
@@ -200,23 +204,42 @@ class FullyShard(Strategy):
 
     @contextlib.contextmanager
     def phase(self, optimizer: str, boundary: bool) -> Iterator[None]:
+        """With one optimiser: reduce-scatter on accumulation boundaries only. With several (a GAN), the
+        graph holds FSDP's gathered copies of the weights, not the parameters, so a phase's backward
+        cannot be limited to its own parameters (backward_inputs): it fills every unit's gradients,
+        reduce-scattered at once, and the other optimisers' gradients are put back as they were."""
+        several = len({opt for _, _, opt in self.units if opt}) > 1
+        others = [p for _, unit, opt in self.units if opt and opt != optimizer for p in unit.parameters()]
+        kept = [p.grad for p in others]
+        for p in others:
+            p.grad = None
         for _, unit, opt in self.units:
-            unit.set_requires_gradient_sync(boundary and opt == optimizer)
-        yield
+            unit.set_requires_gradient_sync(several or (boundary and opt == optimizer))
+        try:
+            yield
+        finally:
+            for p, g in zip(others, kept):
+                p.grad = g
+
+    def backward_inputs(self, params: list[nn.Parameter]) -> None:
+        return None
 
     @contextlib.contextmanager
     def evaluation(self) -> Iterator[None]:
         """Whole weights for the pass: each process runs its own number of batches, so no forward may
         all-gather (the others would not join). Gathered once here, on every process, and released after."""
-        for _, unit, _ in self.units:
-            unit.set_reshard_after_forward(False)
-            unit.unshard()
+        from torch.distributed.fsdp import FSDPModule
+
+        groups = [m for _, unit, _ in self.units for m in unit.modules() if isinstance(m, FSDPModule)]
+        for m in groups:  # unshard / reshard act on one module's own parameters, not its blocks'
+            m.set_reshard_after_forward(False, recurse=False)
+            m.unshard()
         try:
             yield
         finally:
-            for _, unit, _ in self.units:
-                unit.reshard()
-                unit.set_reshard_after_forward(True)
+            for m in groups:
+                m.reshard()
+                m.set_reshard_after_forward(True, recurse=False)
 
     def full_state_dict(self, task: nn.Module) -> dict[str, torch.Tensor]:
         from torch.distributed.tensor import DTensor
@@ -260,7 +283,9 @@ def full_tensor(t: torch.Tensor | None) -> torch.Tensor | None:
 def _blocks(module: nn.Module) -> list[nn.Module]:
     """The entries (with parameters) of the outermost ModuleLists and Sequentials inside `module`."""
     if isinstance(module, (nn.ModuleList, nn.Sequential)):
-        return [m for m in module if any(True for _ in m.parameters())]
+        # a list inside a list (a U-Net's levels of blocks) has no forward to hook: its entries are the blocks
+        return [b for m in module if any(True for _ in m.parameters())
+                for b in (_blocks(m) if isinstance(m, (nn.ModuleList, nn.ModuleDict)) else [m])]
     return [b for child in module.children() for b in _blocks(child)]
 
 

@@ -332,7 +332,8 @@ class Trainer:
         value = loss.value / t.grad_accum if t.grad_accum > 1 else loss.value
         # with several optimisers only this one's parameters receive gradients: a generator loss that
         # flows through the discriminator leaves the discriminator's .grad untouched
-        self.precision.backward(value, self.opt_params[name] if self.multi_opt else None)
+        inputs = self.strategy.backward_inputs(self.opt_params[name]) if self.multi_opt else None
+        self.precision.backward(value, inputs)
         if not boundary:
             return
         opt, params = self.optimizers[name], self.opt_params[name]
