@@ -114,6 +114,11 @@ class Strategy:
         self.dist, self.device, self.precision = dist, device, precision
         self.units: list[tuple[str, nn.Module, str]] = []
 
+    @property
+    def shards(self) -> int:
+        """Into how many parts the weights, gradients and optimiser state are split."""
+        return 1
+
     def wrap(self, task: nn.Module, owner: dict[int, str]) -> None:
         """Wrap each unit of `task` in place (before the optimisers are built: FSDP replaces parameters)."""
         if not self.dist.enabled:
@@ -181,6 +186,10 @@ class FullyShard(Strategy):
 
     name = "fsdp"
     sharded_checkpoints = True
+
+    @property
+    def shards(self) -> int:
+        return self.dist.world
 
     def wrap(self, task: nn.Module, owner: dict[int, str]) -> None:
         if not self.dist.enabled:  # one process: nothing to shard; checkpoints keep the sharded format

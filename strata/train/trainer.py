@@ -113,18 +113,24 @@ class Trainer:
         keep_freed_buffers()  # each step's freed gradients and activations are reused, not faulted in again
         self.bundle = self._bundle if self._bundle is not None else load_data(cfg.data)
         self.info = dict(self.bundle.info)
-        self.task = build_within_memory(cfg, self.info, self.device).to(self.device)
-        self.dist.broadcast_params(self.task)
+        self.strategy = build_strategy(t.strategy, self.dist, self.device, t.precision)
+        shards = self.strategy.shards
+        self.task = build_within_memory(cfg, self.info, self.device, shards=shards)
+        if shards == 1:
+            self.task.to(self.device)
+            self.dist.broadcast_params(self.task)
+        # else: every process built the same weights from the same seed in host memory, and sharding moves
+        # only its own shard to the device: a model that fits the devices together, not one of them
         if self.dist.enabled:  # same initial weights everywhere, then each rank its own dropout / noise
             seed_everything(t.seed + self.dist.rank)
-        self.precision = Precision(t.precision, self.device)
-        self.autocast = self.precision.autocast
-        self._dry_run()
         # Wrapped (DDP) or sharded (FSDP) before the optimisers are built: sharding replaces the parameters.
-        self.strategy = build_strategy(t.strategy, self.dist, self.device, t.precision)
         owner = {id(p): name for name, (params, _) in self.task.configure_optimizers(cfg.optimizer).items()
                  for p in params}
         self.strategy.wrap(self.task, owner)
+        self.task.to(self.device)  # what sharding left in host memory: the task's own buffers
+        self.precision = Precision(t.precision, self.device)
+        self.autocast = self.precision.autocast
+        self._dry_run()
         specs = self.task.configure_optimizers(cfg.optimizer)
         self.optimizers = {name: build_optimizer(params, ocfg) for name, (params, ocfg) in specs.items()}
         self.opt_params = {name: [p for g in o.param_groups for p in g["params"]] for name, o in self.optimizers.items()}
