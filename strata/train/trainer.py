@@ -3,8 +3,8 @@
 It never branches on a model family: a task yields one Loss per optimiser phase and the loop below
 backpropagates, accumulates, clips, steps and schedules each phase the same way (see tasks/base.py).
 Around that loop: validation every epoch (or every N steps), mixed precision (precision.py),
-gradient accumulation, data parallelism across processes (DDP, or FSDP2 sharding: strategy.py), exact resume, and a clean stop on Ctrl-C /
-SIGTERM or when a callback asks. What happens between steps (best checkpoint, early stopping, reduce-on-plateau, the
+gradient accumulation, data parallelism across processes (DDP, or FSDP2 sharding: strategy.py), exact
+resume, and a clean stop on Ctrl-C / SIGTERM or when a callback asks. What happens between steps (best checkpoint, early stopping, reduce-on-plateau, the
 metrics files, TensorBoard, your own code) is a callback: see strata/train/callbacks.py.
 """
 
@@ -337,7 +337,8 @@ class Trainer:
                                f"{sorted(self.optimizers)}")
         value = loss.value / t.grad_accum if t.grad_accum > 1 else loss.value
         # with several optimisers only this one's parameters receive gradients: a generator loss that
-        # flows through the discriminator leaves the discriminator's .grad untouched
+        # flows through the discriminator leaves the discriminator's .grad untouched (under fsdp the
+        # strategy's phase puts the other optimisers' gradients back instead)
         inputs = self.strategy.backward_inputs(self.opt_params[name]) if self.multi_opt else None
         self.precision.backward(value, inputs)
         if not boundary:
