@@ -174,7 +174,7 @@ class Trainer:
         _, batch = next(EpochBatches(data, 2, False, 0, self.device, collate=self.bundle.collate).epoch(0))
         self.task.eval()
         try:
-            with torch.no_grad(), self.autocast():
+            with torch.no_grad(), self.autocast(), self.strategy.evaluation():
                 self.task.validation_step(batch)
         except MISFIT_ERRORS as e:
             raise model_misfit(self.cfg, e) from e
