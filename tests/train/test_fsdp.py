@@ -87,3 +87,23 @@ def test_strategy_is_checked_where_the_config_is_read():
     with pytest.raises(ConfigError, match=r"strategy.*'auto', 'ddp', 'fsdp'.*did you mean 'fsdp'"):
         build_config({**run, "trainer": {"strategy": "fdsp"}})
     assert build_config(run).trainer.strategy == "auto"
+
+
+def test_a_mid_epoch_resume_with_another_global_batch_is_refused_with_the_batch_size_that_fits():
+    """batch_in_epoch counts global batches: a run saved mid-epoch at 2 x 16 and resumed on 1 process
+    continues at the same example only at batch 32, and says so."""
+    from types import SimpleNamespace
+
+    from strata.train.trainer import Trainer
+
+    one_process = Trainer.__new__(Trainer)  # only what the check reads
+    one_process.train_batches = SimpleNamespace(global_batch=16)
+    one_process.dist = SimpleNamespace(world=1)
+    one_process.cfg = SimpleNamespace(data=SimpleNamespace(batch_size=16))
+    saved = {"global_batch": 32, "batch_in_epoch": 5, "epoch": 1}
+    with pytest.raises(ConfigError, match=r"middle of epoch 2 with global batches of 32 examples; this run's are "
+                                          r"16 x 1 process\(es\) = 16; set \[data\] batch_size = 32"):
+        one_process._check_position(saved, "last")
+    one_process._check_position({**saved, "batch_in_epoch": 0}, "last")  # at an epoch's end: any batch
+    one_process.train_batches.global_batch = 32
+    one_process._check_position(saved, "last")
