@@ -136,6 +136,12 @@ class Strategy:
             _replace(task, name, wrapped)
             self.units.append((name, wrapped, opt))
 
+    def unwrap(self, task: nn.Module) -> None:
+        """After training: the task's own modules back in place of their DDP wrappers."""
+        for name, unit, _ in self.units:
+            _replace(task, name, unit.module)
+        self.units = []
+
     @contextlib.contextmanager
     def phase(self, optimizer: str, boundary: bool) -> Iterator[None]:
         """Around one optimiser phase (its forward code and its backward pass)."""
@@ -210,6 +216,9 @@ class FullyShard(Strategy):
                 fully_shard(block, mesh=mesh, mp_policy=policy)
             fully_shard(module, mesh=mesh, mp_policy=policy)
             self.units.append((name, module, opt))
+
+    def unwrap(self, task: nn.Module) -> None:
+        """Sharded modules stay sharded (FSDP2 has no way back): strata.load(run_dir) gives the whole model."""
 
     @contextlib.contextmanager
     def phase(self, optimizer: str, boundary: bool) -> Iterator[None]:

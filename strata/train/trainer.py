@@ -395,6 +395,8 @@ class Trainer:
             return self._run()
         finally:
             self.folder.unlock()
+            if hasattr(self, "strategy"):
+                self.strategy.unwrap(self.task)
 
     def _run(self) -> dict:
         self.t0 = time.perf_counter()
