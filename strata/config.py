@@ -220,6 +220,9 @@ class TrainerConfig:
     progress: Literal["auto", "bar", "lines", "off"] = "auto"
     tensorboard: bool = False
     nonfinite: Literal["stop", "skip"] = "stop"  # a NaN / inf loss or gradient: stop the run, or skip the step
+    # under torchrun: "ddp" replicates the model (DistributedDataParallel), "fsdp" shards it (FSDP2);
+    # auto = ddp. Ignored in one process, except that "fsdp" writes its sharded checkpoint format.
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
 
     def __post_init__(self):
         check(self.max_epochs >= 1, "[trainer] max_epochs", f"must be >= 1, got {self.max_epochs}")

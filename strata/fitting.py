@@ -254,14 +254,14 @@ def fit(model, data, *, val=None, test=None, task: str | None = None, epochs: in
     if "model" in modules and "task" not in modules:
         _check_output(modules["model"], bundle, cfg.task.name)
     trainer = Trainer(cfg, run_dir=run_dir, resume=resume, bundle=bundle, callbacks=tuple(callbacks))
+    folder = RunFolder(trainer.run_dir)
     try:
         summary = trainer.fit()
+        task_module = trainer.task
+        if folder.has_checkpoint("best"):  # before the processes part: sharded weights take their slices
+            trainer.strategy.load_full_state_dict(task_module, folder.load_weights("best")[0])
     finally:
         trainer.dist.teardown()
-    task_module = trainer.task
-    folder = RunFolder(trainer.run_dir)
-    if folder.has_checkpoint("best"):
-        task_module.load_state_dict(folder.load_weights("best")[0])
     task_module.eval()
     return Run(trainer.run_dir, cfg, task_module, dict(trainer.info), summary)
 

@@ -338,9 +338,13 @@ def test_two_torchrun_processes_of_a_fit_script_match_one(tmp_path):
 
     from strata.train.checkpoint import load_checkpoint
 
-    (tmp_path / "nets.py").write_text(NETS.replace("nn.Dropout(0.2)", "nn.Identity()"))
+    # a layer the forward never calls: DDP must not wait for its gradients (find_unused_parameters)
+    unused = "self.spare = nn.Linear(4, 4)\n        self.layers"
+    nets = NETS.replace("nn.Dropout(0.2)", "nn.Identity()").replace("self.layers", unused, 1)
+    (tmp_path / "nets.py").write_text(nets)
     (tmp_path / "train.py").write_text(DDP_SCRIPT)
-    env = {**ENV, "PYTHONPATH": str(tmp_path)}
+    paths = [str(tmp_path)] + ([ENV["PYTHONPATH"]] if ENV.get("PYTHONPATH") else [])  # strata itself from here too
+    env = {**ENV, "PYTHONPATH": os.pathsep.join(paths)}
     _run([sys.executable, str(tmp_path / "train.py"), str(tmp_path / "one"), "32"], env)
     out = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
                 "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(tmp_path / "train.py"),
@@ -351,6 +355,7 @@ def test_two_torchrun_processes_of_a_fit_script_match_one(tmp_path):
     assert s2["step"] == 2 * 37
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
+    assert "model.spare.weight" in w2
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
 
 

@@ -10,6 +10,9 @@ Contract
   the gradients of that phase's optimiser, so a generator loss that flows through the discriminator
   never touches the discriminator's gradients (and a discriminator step never moves the generator).
   Returning a bare tensor instead means one phase on the optimiser "main".
+  Under torchrun (strata/train/strategy.py) each submodule that one optimiser steps (`self.model`, a
+  GAN's generator) is wrapped in place by DistributedDataParallel or sharded by FSDP: compute the loss
+  through its forward call (`self.model(x)`), where they hook in; attributes and methods still work.
 - `configure_optimizers(cfg)` returns {name: (params, OptimizerConfig)}; one "main" by default.
 - `validation_step(batch)` returns {metric: (sum, count)} tensors; the Trainer accumulates them
   on device, reduces them across processes, and logs sum / count under "val/<metric>".

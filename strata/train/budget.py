@@ -35,9 +35,9 @@ def _gb(n: float) -> str:
     return f"{n / 2**30:,.1f} GB"
 
 
-def build_within_memory(cfg, info: dict, device: torch.device, copies: int = TRAINING_COPIES):
+def build_within_memory(cfg, info: dict, device: torch.device, copies: int = TRAINING_COPIES, shards: int = 1):
     """build_task(cfg, info), once a meta-device build has shown that `copies` float32 copies of its
-    parameters fit in `device`'s memory."""
+    parameters, split `shards` ways (FSDP), fit in `device`'s memory."""
     if cfg.task.module is None and cfg.model.module is None:
         state = rng_state()
         try:
@@ -54,8 +54,11 @@ def build_within_memory(cfg, info: dict, device: torch.device, copies: int = TRA
         finally:
             set_rng_state(state)
         memory = device_memory(device)
-        if n is not None and memory is not None and 4 * n * copies > memory:
+        if n is not None and memory is not None and 4 * n * copies / shards > memory:
             what = "its weights, gradients and optimiser state" if copies > 1 else "its weights"
-            raise ConfigError(f"[model]: {n:,} parameters would need {_gb(4 * n * copies)} for {what} in float32, "
-                              f"more than the {_gb(memory)} of {device}; lower the layer widths")
+            split = f" split over {shards} processes" if shards > 1 else ""
+            fix = "lower the layer widths" + ("" if shards > 1 else ", or shard it over several GPUs "
+                                              "([trainer] strategy = \"fsdp\" under torchrun)")
+            raise ConfigError(f"[model]: {n:,} parameters would need {_gb(4 * n * copies / shards)} for {what} in "
+                              f"float32{split}, more than the {_gb(memory)} of {device}; {fix}")
     return build_task(cfg, info)

@@ -4,7 +4,10 @@ Layout of one checkpoint folder (`checkpoints/last`, `checkpoints/best`):
     model-<step>.safetensors   the task's weights (model, EMA copies, buffers), with the config in its metadata
     state-<step>.pt            everything else, loadable with torch.load(weights_only=True):
                                optimisers, schedules, scaler, step/epoch/batch position, RNG states
-    manifest.json              names the current pair and the previous one
+    shards-<step>-<id>/        under [trainer] strategy = "fsdp": the weights and optimiser states as
+                               torch.distributed.checkpoint wrote them, one file per process (state-*.pt
+                               then holds no optimisers); readable by any number of processes
+    manifest.json              names the current pair (and shards) and the previous one
 
 Every file is written to a temp file beside the target, fsynced, then os.replace'd; the manifest is
 replaced last, so until it lands the previous pair is still what a reader finds. Files of older
@@ -20,6 +23,7 @@ import io
 import json
 import pickle
 import random
+import shutil
 import warnings
 from pathlib import Path
 
@@ -82,8 +86,10 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(folder: str | Path, weights: dict[str, torch.Tensor], state: dict, config: dict, tag: int) -> str:
-    """Write one generation; returns the weights' sha256."""
+def save_checkpoint(folder: str | Path, weights: dict[str, torch.Tensor], state: dict, config: dict, tag: int,
+                    shards: str | None = None) -> str:
+    """Write one generation; returns the weights' sha256. `shards`: the folder (inside `folder`, already
+    written by every process) that holds this generation's sharded weights and optimiser states."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors, aliases = _split_shared(weights)
@@ -104,16 +110,24 @@ def save_checkpoint(folder: str | Path, weights: dict[str, torch.Tensor], state:
     if previous and previous["model"] == model_name:  # same tag written again: keep the older previous
         previous = old.get("previous")
     current = {"model": model_name, "state": state_name, "weights_sha256": sha}
+    if shards:
+        current["shards"] = shards
     atomic_write(manifest_path, json.dumps({"current": current, "previous": previous}, indent=1))
 
-    keep = {manifest_path.name, model_name, state_name}
-    if previous:
-        keep |= {previous["model"], previous["state"]}
+    keep = {manifest_path.name, *_files(current)} | (set(_files(previous)) if previous else set())
     for f in folder.iterdir():
         if f.name not in keep and not f.name.startswith("."):
-            f.unlink(missing_ok=True)
+            if f.is_dir() and not f.is_symlink():
+                shutil.rmtree(f, ignore_errors=True)
+            else:
+                f.unlink(missing_ok=True)
     remove_temp_files(folder)  # left by a process killed mid-write
     return sha
+
+
+def _files(entry: dict) -> list[str]:
+    """The names one manifest entry holds: weights, state and, under fsdp, the shards folder."""
+    return [entry[k] for k in ("model", "state", "shards") if entry.get(k)]
 
 
 def read_manifest(folder: str | Path) -> dict:
@@ -142,8 +156,10 @@ def _manifest_problem(manifest, folder: Path) -> str | None:
             continue
         if not isinstance(entry, dict):
             return f"\"{which}\" is {json.dumps(entry)[:60]}, not an object naming its files"
-        for key in ("model", "state"):
+        for key in ("model", "state", "shards"):
             name = entry.get(key)
+            if key == "shards" and name is None:
+                continue
             if not isinstance(name, str) or not name:
                 return f"\"{which}\" has no \"{key}\" file name"
             if Path(name).name != name or name in (".", "..") or (folder / name).resolve().parent != inside:
@@ -161,6 +177,8 @@ def _load_pair(folder: Path, entry: dict) -> tuple[dict, dict, dict]:
     for alias, target in json.loads(meta.get("strata_aliases", "{}")).items():
         tensors[alias] = tensors[target]
     state = torch.load(folder / entry["state"], map_location="cpu", weights_only=True)
+    if entry.get("shards"):  # read by the trainer's strategy on --resume
+        state["shards"] = str(folder / entry["shards"])
     config = json.loads(meta.get("strata_config", "{}"))
     return tensors, state, config
 

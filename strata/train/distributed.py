@@ -1,9 +1,10 @@
 """Several processes under torchrun: the same command, data-parallel.
 
-Gradients are averaged across ranks with one flat all-reduce per optimiser step (so every task,
-whatever optimiser phases it has, is synchronised the same way), mean metrics are summed across
-ranks, metrics that are not means (AUROC, BLEU, Frechet) are computed by each task's
-validation_end over every rank's shard (Task.gather), and only rank 0 logs and writes. Works with gloo (CPU) and nccl (CUDA).
+Dist owns the process group and the few collectives the trainer needs besides the gradients: mean
+metrics are summed across ranks, metrics that are not means (AUROC, BLEU, Frechet) are computed by each
+task's validation_end over every rank's shard (Task.gather), and only rank 0 logs and writes. Gradients
+are synchronised by the strategy (strategy.py: DistributedDataParallel or FSDP2). Works with gloo (CPU)
+and nccl (CUDA).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import os
 
 import torch
 import torch.distributed as dist
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 
 class Dist:
@@ -51,18 +51,6 @@ class Dist:
             for t in module.buffers():
                 dist.broadcast(t.data, src=0)
 
-    def average_grads(self, params: list[torch.nn.Parameter]) -> None:
-        if not self.enabled:
-            return
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads:
-            return
-        flat = _flatten_dense_tensors(grads)
-        dist.all_reduce(flat)
-        flat /= self.world
-        for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
-            g.copy_(synced)
-
     def sum_(self, t: torch.Tensor) -> torch.Tensor:
         if self.enabled:
             dist.all_reduce(t)
@@ -74,3 +62,11 @@ class Dist:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def all_gather_object(self, obj) -> list:
+        """Every process's `obj`, in rank order."""
+        if not self.enabled:
+            return [obj]
+        out: list = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out

@@ -20,6 +20,7 @@ import math
 import torch
 
 from strata.errors import Diverged
+from strata.train.strategy import full_tensor
 
 CHECK_EVERY = 32
 SKIP_LIMIT = 25
@@ -87,7 +88,7 @@ class NonFiniteGuard:
         the gradients' total norm when clipping has computed it already."""
         if norm is None:
             grads = [p.grad for p in params if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            norm = full_tensor(torch.nn.utils.get_total_norm(grads)) if grads else torch.zeros(())
         ok = torch.isfinite(norm.float()) & torch.isfinite(loss.detach().float())
         if self.dist is not None and self.dist.enabled:  # the same decision on every process
             flag = ok.float().reshape(1)

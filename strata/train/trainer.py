@@ -3,14 +3,15 @@
 It never branches on a model family: a task yields one Loss per optimiser phase and the loop below
 backpropagates, accumulates, clips, steps and schedules each phase the same way (see tasks/base.py).
 Around that loop: validation every epoch (or every N steps), mixed precision (precision.py),
-gradient accumulation, data parallelism across processes, exact resume, and a clean stop on Ctrl-C /
-SIGTERM or when a callback asks. What happens between steps (best checkpoint, early stopping, reduce-on-plateau, the
+gradient accumulation, data parallelism across processes (DDP, or FSDP2 sharding: strategy.py), exact
+resume, and a clean stop on Ctrl-C / SIGTERM or when a callback asks. What happens between steps (best checkpoint, early stopping, reduce-on-plateau, the
 metrics files, TensorBoard, your own code) is a callback: see strata/train/callbacks.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -42,6 +43,7 @@ from strata.train.nonfinite import NonFiniteGuard
 from strata.train.optim import build_optimizer, build_schedule
 from strata.train.precision import Precision
 from strata.train.progress import Progress
+from strata.train.strategy import build_strategy, full_tensor
 
 # Under torchrun, steps between the processes' checks for a stop signal or a callback's stop request
 # (each check is a collective and a host-device sync, too dear for every step).
@@ -111,10 +113,24 @@ class Trainer:
         keep_freed_buffers()  # each step's freed gradients and activations are reused, not faulted in again
         self.bundle = self._bundle if self._bundle is not None else load_data(cfg.data)
         self.info = dict(self.bundle.info)
-        self.task = build_within_memory(cfg, self.info, self.device).to(self.device)
-        self.dist.broadcast_params(self.task)
+        self.strategy = build_strategy(t.strategy, self.dist, self.device, t.precision)
+        shards = self.strategy.shards
+        self.task = build_within_memory(cfg, self.info, self.device, shards=shards)
+        if shards == 1:
+            self.task.to(self.device)
+            self.dist.broadcast_params(self.task)
+        # else: every process built the same weights from the same seed in host memory, and sharding moves
+        # only its own shard to the device: a model that fits the devices together, not one of them
         if self.dist.enabled:  # same initial weights everywhere, then each rank its own dropout / noise
             seed_everything(t.seed + self.dist.rank)
+        # Wrapped (DDP) or sharded (FSDP) before the optimisers are built: sharding replaces the parameters.
+        owner = {id(p): name for name, (params, _) in self.task.configure_optimizers(cfg.optimizer).items()
+                 for p in params}
+        self.strategy.wrap(self.task, owner)
+        self.task.to(self.device)  # what sharding left in host memory: the task's own buffers
+        self.precision = Precision(t.precision, self.device)
+        self.autocast = self.precision.autocast
+        self._dry_run()
         specs = self.task.configure_optimizers(cfg.optimizer)
         self.optimizers = {name: build_optimizer(params, ocfg) for name, (params, ocfg) in specs.items()}
         self.opt_params = {name: [p for g in o.param_groups for p in g["params"]] for name, o in self.optimizers.items()}
@@ -133,10 +149,7 @@ class Trainer:
         self.schedules = {name: build_schedule(o, cfg.schedule, self.total_steps, self.steps_per_epoch, t.mode)
                           for name, o in self.optimizers.items()}
 
-        self.precision = Precision(t.precision, self.device)
         self.guard = NonFiniteGuard(t.nonfinite, self.dist)
-        self.autocast = self.precision.autocast
-        self._dry_run()
         if t.compile:
             for m in self.task.children():
                 m.compile()
@@ -161,7 +174,7 @@ class Trainer:
         _, batch = next(EpochBatches(data, 2, False, 0, self.device, collate=self.bundle.collate).epoch(0))
         self.task.eval()
         try:
-            with torch.no_grad(), self.autocast():
+            with torch.no_grad(), self.autocast(), self.strategy.evaluation():
                 self.task.validation_step(batch)
         except MISFIT_ERRORS as e:
             raise model_misfit(self.cfg, e) from e
@@ -193,30 +206,66 @@ class Trainer:
         return self._stop_signal is not None or self._stop_reason is not None
 
     # --- checkpoints ----------------------------------------------------------------------------
-    def _state(self) -> dict:
-        return {
+    def _state(self, rngs: list[dict]) -> dict:
+        """Everything but the weights; the optimisers too unless they are in the shards. `rngs`: every
+        process's random state, so a resume on as many processes continues each one's stream."""
+        state = {
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "global_batch": self.train_batches.global_batch,
             "schedules": {k: s.state_dict() for k, s in self.schedules.items()},
             "scaler": self.precision.state_dict(),
-            "rng": rng_state(), "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key},
+            "rng": rngs[0], "rng_ranks": rngs,
+            "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key},
             "history": json.dumps(self.history), "wall_time_s": self.wall_before + (time.perf_counter() - self.t0),
         }
+        if not self.strategy.sharded_checkpoints:
+            state["optimizers"] = {k: o.state_dict() for k, o in self.optimizers.items()}
+        return state
 
     def save(self, which: str = "last") -> str | None:
-        """checkpoints/<which> (rank 0 writes; every process may call); returns the weights' sha256."""
+        """checkpoints/<which>; every process calls it at the same point (under fsdp each writes its
+        shard; rank 0 writes the rest). Returns the weights' sha256 on rank 0."""
         self.guard.check(self)  # weights a non-finite step produced are never saved
         if which == "last":
             self._last_saved = (self.step, self.epoch, self.batch_in_epoch)
+        path = self.folder.checkpoint(which)
+        weights = self.strategy.full_state_dict(self.task)
+        rngs = self._rng_states()
+        shards = None
+        if self.strategy.sharded_checkpoints:
+            # a fresh folder name per generation: the manifest's current one is never written over
+            shards = self.dist.broadcast_object(f"shards-{self.step:09d}-{os.urandom(4).hex()}")
+            self.strategy.save_sharded(path / shards, self.task, self.optimizers)
         if not self.main:
             return None
-        path = self.folder.checkpoint(which)
         try:
-            sha = save_checkpoint(path, self.task.state_dict(), self._state(), self.cfg.to_dict(), self.step)
+            sha = save_checkpoint(path, weights, self._state(rngs), self.cfg.to_dict(), self.step, shards)
         except StorageError as e:  # the manifest is written last: the previous generation is intact
             raise CheckpointError(f"{e}; checkpoint not saved, {surviving_checkpoint(path)}") from None
         self._call("on_checkpoint_saved", which, path)
         return sha
+
+    def _check_position(self, state: dict, last) -> None:
+        """batch_in_epoch counts global batches (batch_size x processes): mid-epoch, a run resumed on
+        another number of processes continues at the same example only with the same global batch."""
+        saved, now = state.get("global_batch"), self.train_batches.global_batch
+        if not saved or saved == now or not state["batch_in_epoch"]:
+            return
+        world = self.dist.world
+        fix = (f"set [data] batch_size = {saved // world}" if saved % world == 0 else
+               f"run on a number of processes that divides {saved}")
+        raise ConfigError(f"--resume: {last} stopped in the middle of epoch {state['epoch'] + 1} with global "
+                          f"batches of {saved} examples; this run's are {self.cfg.data.batch_size} x {world} "
+                          f"process(es) = {now}; {fix} to continue at the same example")
+
+    def _rng_states(self) -> list[dict]:
+        """Every process's random state, in rank order (sent as torch.save bytes: pickle cannot carry
+        the numpy state's uint32 tensor)."""
+        if not self.dist.enabled:
+            return [rng_state()]
+        buf = io.BytesIO()
+        torch.save(rng_state(), buf)
+        return [torch.load(io.BytesIO(b), weights_only=True) for b in self.dist.all_gather_object(buf.getvalue())]
 
     def _restore(self):
         last = self.folder.checkpoint("last")
@@ -229,9 +278,16 @@ class Trainer:
             raise CheckpointError(f"--resume: {', '.join(changed)} differ from the config the checkpoint in "
                                   f"{self.run_dir} was trained with; resume with {self.folder.config} "
                                   "(or start a new run folder for the new settings)")
-        self.task.load_state_dict(weights)
-        for k, o in self.optimizers.items():
-            o.load_state_dict(state["optimizers"][k])
+        self._check_position(state, last)
+        if "shards" in state:  # resharded for this run's processes by torch.distributed.checkpoint
+            self.strategy.load_sharded(Path(state["shards"]), self.task, self.optimizers)
+        elif self.strategy.sharded_checkpoints and self.dist.enabled:
+            raise CheckpointError(f"--resume: {last} was written by a run with [trainer] strategy = 'ddp' (its "
+                                  "optimiser states are not sharded); resume it with strategy = 'ddp'")
+        else:
+            self.strategy.load_full_state_dict(self.task, weights)
+            for k, o in self.optimizers.items():
+                o.load_state_dict(state["optimizers"][k])
         for k, s in self.schedules.items():
             s.load_state_dict(state["schedules"][k])
         self.precision.load_state_dict(state["scaler"])
@@ -243,7 +299,9 @@ class Trainer:
                 cb.load_state_dict(state.get("callbacks", {}).get(cb.state_key, legacy))
         self.history = json.loads(state["history"])
         self.wall_before = state["wall_time_s"]
-        set_rng_state(state["rng"])
+        # each process its own stream; a process the saving run did not have continues rank 0's
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        set_rng_state(ranks[self.dist.rank] if self.dist.rank < len(ranks) else state["rng"])
 
     # --- signals ----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -279,16 +337,17 @@ class Trainer:
                                f"{sorted(self.optimizers)}")
         value = loss.value / t.grad_accum if t.grad_accum > 1 else loss.value
         # with several optimisers only this one's parameters receive gradients: a generator loss that
-        # flows through the discriminator leaves the discriminator's .grad untouched
-        self.precision.backward(value, self.opt_params[name] if self.multi_opt else None)
+        # flows through the discriminator leaves the discriminator's .grad untouched (under fsdp the
+        # strategy's phase puts the other optimisers' gradients back instead)
+        inputs = self.strategy.backward_inputs(self.opt_params[name]) if self.multi_opt else None
+        self.precision.backward(value, inputs)
         if not boundary:
             return
         opt, params = self.optimizers[name], self.opt_params[name]
-        self.dist.average_grads(params)
         norm = None
         if t.grad_clip > 0:
             self.precision.unscale_(opt)
-            norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+            norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, t.grad_clip))
         if self.guard.skips:
             if norm is None:
                 self.precision.unscale_(opt)
@@ -304,21 +363,24 @@ class Trainer:
         """One batch: each optimiser phase in the order of configure_optimizers (a generator task's code
         for phase k runs inside next(), so it sees the weights as the previous phases left them)."""
         first = None
-        with self.autocast():
+        # Each phase's forward code and backward pass run in that phase's synchronisation context:
+        # only the units of its optimiser reduce gradients, and only on an accumulation boundary.
+        with self.strategy.phase(self.phase_names[0], boundary), self.autocast():
             out = self.task.training_step(batch)
         if isinstance(out, torch.Tensor):
             out = (Loss(self.phase_names[0], out),)
         it = iter(out)
         for k, expected in enumerate(self.phase_names):
-            with self.autocast():
-                loss = next(it, None)
-            if loss is None:
-                break
-            if loss.optimizer != expected:
-                raise RuntimeError(f"{type(self.task).__name__}.training_step yielded a loss for optimiser "
-                                   f"'{loss.optimizer}' in phase {k}, expected '{expected}' (phases follow "
-                                   f"configure_optimizers: {self.phase_names})")
-            self._phase(loss, boundary)
+            with self.strategy.phase(expected, boundary):
+                with self.autocast():
+                    loss = next(it, None)
+                if loss is None:
+                    break
+                if loss.optimizer != expected:
+                    raise RuntimeError(f"{type(self.task).__name__}.training_step yielded a loss for optimiser "
+                                       f"'{loss.optimizer}' in phase {k}, expected '{expected}' (phases follow "
+                                       f"configure_optimizers: {self.phase_names})")
+                self._phase(loss, boundary)
             if first is None:
                 first = loss
             if loss.logs:
@@ -333,6 +395,8 @@ class Trainer:
             return self._run()
         finally:
             self.folder.unlock()
+            if hasattr(self, "strategy"):
+                self.strategy.unwrap(self.task)
 
     def _run(self) -> dict:
         self.t0 = time.perf_counter()
@@ -483,8 +547,9 @@ class Trainer:
         if data is None:
             raise StrataError(f"data set '{self.cfg.data.name}' has no {split} split")
         bs = self.cfg.data.eval_batch_size or 2 * self.cfg.data.batch_size
-        return evaluate(self.task, data, split, bs, self.device, self.bundle.collate, self.dist, self.autocast,
-                        max_batches)
+        with self.strategy.evaluation():
+            return evaluate(self.task, data, split, bs, self.device, self.bundle.collate, self.dist, self.autocast,
+                            max_batches)
 
     def _sanity_check(self) -> None:
         """A few validation batches before the first training step (Lightning's sanity check), so a
@@ -509,7 +574,7 @@ class Trainer:
 
     def _finish(self) -> dict:
         """Test with the best weights, write summary.json; the final (last) weights give weights_sha256."""
-        final_sha = weights_sha256(self.task.state_dict())
+        final_sha = weights_sha256(self.strategy.full_state_dict(self.task))
         wall = self.wall_before + (time.perf_counter() - self.t0)
         summary = {"name": self.cfg.name, "steps": self.step, "epochs": self.epoch}
         if self.history:
@@ -526,7 +591,7 @@ class Trainer:
             last_state = {k: v.clone() for k, v in self.task.state_dict().items()}
             self.dist.broadcast_object(None)  # rank 0 has written best
             if self.folder.has_checkpoint("best"):
-                self.task.load_state_dict(self.folder.load_weights("best")[0])
+                self.strategy.load_full_state_dict(self.task, self.folder.load_weights("best")[0])
             test_metrics = self.evaluate_split("test")
             self.task.load_state_dict(last_state)
             self.log("test", **test_metrics)

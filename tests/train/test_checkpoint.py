@@ -261,3 +261,28 @@ def test_check_compatible_names_what_differs():
         C.check_compatible(model, {"a.weight": torch.zeros(4, 3), "b.bias": torch.zeros(4)}, "ckpt")
     with pytest.raises(CheckpointError, match=r"a.weight: checkpoint \(5, 3\), model \(4, 3\)"):
         C.check_compatible(model, {"a.weight": torch.zeros(5, 3), "a.bias": torch.zeros(4)}, "ckpt")
+
+
+def test_sharded_generations_keep_current_and_previous_shard_folders_and_refuse_one_outside(tmp_path):
+    """Under fsdp each generation also names a folder of shards (written by every process first):
+    the two newest are kept, older ones and a half-written one no manifest names are removed, the
+    loader reports where the current one is, and a shards name leading out of the folder is refused."""
+    folder = tmp_path / "last"
+    for step in (10, 20, 30):
+        (folder / f"shards-{step}").mkdir(parents=True)
+        (folder / f"shards-{step}" / "__0_0.distcp").write_bytes(b"x")
+        C.save_checkpoint(folder, weights(step), state(step), {"name": "t"}, step, shards=f"shards-{step}")
+    (folder / "shards-40").mkdir()  # a process killed while writing generation 40
+    save(folder, 40)
+    assert {"shards-30"} <= files(folder) and not {"shards-10", "shards-20", "shards-40"} & files(folder)
+    (folder / "shards-50").mkdir()
+    C.save_checkpoint(folder, weights(50), state(50), {"name": "t"}, 50, shards="shards-50")
+    _, s, _ = C.load_checkpoint(folder)
+    assert s["shards"] == str(folder / "shards-50") and s["step"] == 50
+    assert "shards-30" not in files(folder)  # previous (40) has none
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["current"]["shards"] = "../elsewhere"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="shards '../elsewhere' is not a file inside"):
+        C.read_manifest(folder)

@@ -53,13 +53,15 @@ def _run(cmd, env):
     return out
 
 
-def check_two_processes_match_one(config: str, tmp_path: Path) -> dict:
+def check_two_processes_match_one(config: str, tmp_path: Path, one: dict | None = None,
+                                  two: dict | None = None) -> dict:
     """Train `config` (a {batch} placeholder; 1184 digits, 2 epochs) in one process at batch 32 and
-    under torchrun in 2 processes at 16 each: the same weights within float tolerance. Returns them."""
+    under torchrun in 2 processes at 16 each: the same weights within float tolerance. Returns them.
+    `one` / `two`: the placeholders' values for each run instead (the same global batch of 32)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one_cfg, two_cfg = tmp_path / "one.toml", tmp_path / "two.toml"
-    one_cfg.write_text(config.format(batch=32))
-    two_cfg.write_text(config.format(batch=16))  # per process: 2 x 16 = the same global batch of 32
+    one_cfg.write_text(config.format(**(one or {"batch": 32})))
+    two_cfg.write_text(config.format(**(two or {"batch": 16})))  # per process: 2 x 16 = the same global batch
 
     _run([sys.executable, "-m", "strata", "train", str(one_cfg), "--run-dir", str(tmp_path / "one"),
           "--device", "cpu"], env)
@@ -184,3 +186,91 @@ def test_validation_end_metrics_cover_every_process_shard(tmp_path: Path):
               "val/loss"):
         assert two[k] == pytest.approx(one[k], rel=1e-6, abs=1e-9), k
     assert 0.0 < one["val/auroc"] < 1.0
+
+
+def test_gradient_accumulation_under_ddp_matches_one_process(tmp_path: Path):
+    """2 processes x batch 8 x 2 micro-batches (no_sync on the first) reach the weights of one
+    process at batch 32: the same 74 optimiser steps over the same examples."""
+    config = CONFIG.replace("seed = 3", "seed = 3\ngrad_accum = {accum}")
+    check_two_processes_match_one(config, tmp_path, one={"batch": 32, "accum": 1}, two={"batch": 8, "accum": 2})
+
+
+GAN_UNDER_DDP = """
+import json, sys
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from strata.build import build_config
+from strata.train import Callback
+from strata.train.checkpoint import weights_sha256
+from strata.train.strategy import Replicated
+from strata.train.trainer import Trainer
+
+calls = {}
+
+
+def per_net(trainer):
+    weights = trainer.strategy.full_state_dict(trainer.task)
+    return {net: weights_sha256({k: v for k, v in weights.items() if k.startswith(net)})
+            for net in ("model.generator.", "model.discriminator.")}
+
+
+class CountBucketAllReduces(Callback):
+    def on_fit_start(self, trainer):
+        self.initial = per_net(trainer)
+        for name, unit, _ in trainer.strategy.units:
+            assert isinstance(unit, Replicated) == (trainer.strategy.name == "ddp"), type(unit)
+            if trainer.strategy.name != "ddp":
+                continue
+            calls[name] = 0
+
+            def hook(state, bucket, name=name):
+                calls[name] += 1
+                return allreduce_hook(state, bucket)
+
+            unit.register_comm_hook(None, hook)
+
+
+cfg = build_config({"name": "gan-ddp", "data": {"name": "digits", "batch_size": 16, "limit": 256},
+                    "model": {"name": "dcgan", "latent_dim": 16, "g_channels": 8, "d_channels": 8},
+                    "task": {"name": "gan"}, "optimizer": {"name": "adam", "lr": 0.001},
+                    "trainer": {"max_epochs": 1, "grad_accum": 2, "seed": 5, "progress": "off",
+                                "strategy": sys.argv[3]}})
+counter = CountBucketAllReduces()
+trainer = Trainer(cfg, run_dir=sys.argv[1], device="cpu", callbacks=[counter])
+summary = trainer.fit()
+final = per_net(trainer)
+shas = trainer.dist.all_gather_object(weights_sha256(trainer.strategy.full_state_dict(trainer.task)))
+if trainer.main:
+    json.dump({"calls": calls, "shas": shas, "steps": trainer.step, "summary": summary,
+               "moved": [net for net in final if final[net] != counter.initial[net]],
+               "keys": sorted(trainer.task.state_dict())}, open(sys.argv[2], "w"))
+trainer.dist.teardown()
+"""
+
+
+def test_gan_phases_under_ddp_reduce_each_net_once_per_step_and_fsdp_reaches_the_same_weights(tmp_path: Path):
+    """A DCGAN under 2 processes. ddp: generator and discriminator are each a DistributedDataParallel
+    unit; each all-reduces its gradient bucket once per optimiser step (its own phase, on the
+    accumulation boundary only: 8 micro-batches with grad_accum 2 give 4 steps, 4 all-reduces each),
+    both processes end with the same weights, and checkpoint keys carry no DDP `module.`. fsdp: the
+    same run sharded ends at the same weights (float tolerance) with the same keys. (Neither can match
+    one process: each process draws its own noise z.)"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = tmp_path / "gan.py"
+    script.write_text(GAN_UNDER_DDP)
+    out = {}
+    for strategy in ("ddp", "fsdp"):
+        _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+              "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script), str(tmp_path / strategy),
+              str(tmp_path / f"{strategy}.json"), strategy], env)
+        out[strategy] = json.loads((tmp_path / f"{strategy}.json").read_text())
+        assert out[strategy]["steps"] == 4  # 256 digits / (2 x 16) = 8 micro-batches, 2 per step
+        assert out[strategy]["shas"][0] == out[strategy]["shas"][1] == out[strategy]["summary"]["weights_sha256"]
+    assert out["ddp"]["calls"] == {"model.generator": 4, "model.discriminator": 4}
+    assert not any(".module." in k for k in out["ddp"]["keys"]) and out["ddp"]["keys"] == out["fsdp"]["keys"]
+    ddp, _, _ = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last")
+    fsdp, _, _ = load_checkpoint(tmp_path / "fsdp" / "checkpoints" / "last")
+    assert sorted(ddp) == out["ddp"]["keys"]
+    for k in ddp:
+        torch.testing.assert_close(fsdp[k], ddp[k], rtol=1e-4, atol=1e-5)
+    for strategy in out:  # both nets trained
+        assert out[strategy]["moved"] == ["model.generator.", "model.discriminator."], strategy

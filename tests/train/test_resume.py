@@ -57,15 +57,18 @@ def _sha(run_dir: Path) -> str:
     return json.loads((run_dir / "summary.json").read_text())["weights_sha256"]
 
 
-def check_sigkill_then_resume_is_bit_identical(cfg: Path, tmp_path: Path, _cmd=_cmd) -> None:
+def check_sigkill_then_resume_is_bit_identical(cfg: Path, tmp_path: Path, _cmd=_cmd,
+                                               steps_per_epoch: int = STEPS_PER_EPOCH) -> None:
     """Train `cfg` (batch 32 on digits, checkpoints every 5 steps) uninterrupted; train it again,
     SIGKILL it just after a checkpoint in the first half of an epoch, resume: the same weights.
-    `_cmd(cfg, run_dir, *extra)` is the command line (extra: "--resume"), `strata train` by default."""
+    `_cmd(cfg, run_dir, *extra)` is the command line (extra: "--resume"), `strata train` by default;
+    SIGKILL reaches its whole process group (torchrun and its workers)."""
     ref = tmp_path / "ref"
     subprocess.run(_cmd(cfg, ref), check=True, env=_env(), capture_output=True, timeout=300)
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(cfg, run), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_cmd(cfg, run), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     manifest = run / "checkpoints" / "last" / "manifest.json"
     killed_at = None
     deadline = time.time() + 240
@@ -75,8 +78,8 @@ def check_sigkill_then_resume_is_bit_identical(cfg: Path, tmp_path: Path, _cmd=_
         except (OSError, ValueError, KeyError):
             step = 0
         # a checkpoint in the first half of an epoch, after the first epoch: kill right there
-        if step > STEPS_PER_EPOCH and 0 < step % STEPS_PER_EPOCH < STEPS_PER_EPOCH // 2:
-            proc.send_signal(signal.SIGKILL)
+        if step > steps_per_epoch and 0 < step % steps_per_epoch < steps_per_epoch // 2:
+            os.killpg(proc.pid, signal.SIGKILL)
             killed_at = step
             break
         time.sleep(0.005)
@@ -86,7 +89,7 @@ def check_sigkill_then_resume_is_bit_identical(cfg: Path, tmp_path: Path, _cmd=_
 
     state_file = json.loads(manifest.read_text())["current"]["state"]
     state = torch.load(run / "checkpoints" / "last" / state_file, weights_only=True)
-    assert 0 < state["batch_in_epoch"] < STEPS_PER_EPOCH  # the resume really starts mid-epoch
+    assert 0 < state["batch_in_epoch"] < steps_per_epoch  # the resume really starts mid-epoch
 
     done = subprocess.run(_cmd(cfg, run, "--resume"), env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
