@@ -395,7 +395,7 @@ class Trainer:
             return self._run()
         finally:
             self.folder.unlock()
-            if hasattr(self, "strategy"):
+            if hasattr(self, "strategy") and hasattr(self, "task"):  # a set-up that failed built no task
                 self.strategy.unwrap(self.task)
 
     def _run(self) -> dict:
