@@ -212,7 +212,7 @@ def test_table_rows_equal_strata_predict_and_explain_names_columns(client, tiny_
 
 @pytest.mark.parametrize("path,body,status,field,phrase", [
     ("/runs/mnsit-cnn/predict", {"inputs": []}, 404, "name", "did you mean 'mnist-cnn'"),
-    ("/predict", {"inputs": ["x"]}, 400, "name", "serves 6 runs (mnist-cnn, lm, gan, table, ml, fsdd)"),
+    ("/predict", {"inputs": ["x"]}, 400, "name", "serves 7 runs (mnist-cnn, lm, gan, table, ml, fsdd, sst)"),
     ("/runs/mnist-cnn/predict", {"inputs": [b64(b"\x89PNG\r\n\x1a\nnot")]}, 400, "inputs[0]", "cannot be decoded"),
     ("/runs/mnist-cnn/predict", {"inputs": ["DIGIT", 7]}, 400, "inputs[1]", "base64 string"),
     ("/runs/mnist-cnn/predict", {"inputs": ["DIGIT"], "extra": 1}, 400, "extra", "unknown field"),
