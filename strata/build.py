@@ -78,6 +78,11 @@ def build_config(raw: dict, modules: dict | None = None, base_dir: str | Path | 
             raise ConfigError(f"[model] name: {e}") from None
     m_name, m_opts, m_parsed = given.get("model") or _component_options(model_raw, "model", MODELS)
     t_name, t_opts, t_parsed = given.get("task") or _component_options(raw["task"], "task", TASKS)
+    if data.unlabelled and "task" not in given and not getattr(TASKS.get(t_name), "uses_unlabelled", False):
+        learners = [n for n in TASKS.names() if getattr(TASKS.get(n), "uses_unlabelled", False)]
+        raise ConfigError(f"[data] unlabelled = true keeps examples without their labels, which task '{t_name}' "
+                          f"would never read; use [task] name = {' or '.join(repr(n) for n in learners)}, or "
+                          "drop unlabelled")
     return RunConfig(
         name=name,
         data=data,

@@ -248,6 +248,10 @@ class DataConfig:
     eval_batch_size: int = 0  # 0: twice batch_size
     limit: int = 0  # at most this many training examples; 0 = all
     labels_per_class: int = 0  # exactly this many training examples of every class; 0 = all
+    # keep the training examples that labels_per_class / limit leave out, without their labels, for a task
+    # that learns from unlabelled examples too (semi_supervised); batches then also hold "u"
+    unlabelled: bool = False
+    unlabelled_ratio: int = 7  # unlabelled examples per labelled one in a training batch
     val_fraction: float = 0.1  # held out of the training files for model selection, when the set has no val split
     split_seed: int = 0  # fixes which examples are held out, independent of trainer.seed
     options: dict = field(default_factory=dict)  # the data set's own keys, validated by it
@@ -258,6 +262,10 @@ class DataConfig:
         check(self.eval_batch_size >= 0, "[data] eval_batch_size", f"must be >= 0, got {self.eval_batch_size}")
         check(self.limit >= 0, "[data] limit", f"must be >= 0, got {self.limit}")
         check(self.labels_per_class >= 0, "[data] labels_per_class", f"must be >= 0, got {self.labels_per_class}")
+        check(self.unlabelled_ratio >= 1, "[data] unlabelled_ratio", f"must be >= 1, got {self.unlabelled_ratio}")
+        check(not self.unlabelled or self.labels_per_class > 0 or self.limit > 0, "[data] unlabelled",
+              "keeps the training examples that labels_per_class or limit leave out, but neither is set; "
+              "e.g. labels_per_class = 10 labels ten examples of each class and leaves the rest unlabelled")
         check(0 <= self.val_fraction < 1, "[data] val_fraction", f"must be in [0, 1), got {self.val_fraction}")
         check(0 <= self.split_seed < 2**32, "[data] split_seed", f"must be in [0, 2**32), got {self.split_seed}")
 

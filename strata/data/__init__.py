@@ -13,6 +13,10 @@ def load_data(data_cfg):
     opts = data_cfg.parsed if isinstance(data_cfg.parsed, spec.Config or ()) else \
         from_dict(spec.Config, data_cfg.options, "[data]") if spec.Config else None
     bundle = spec.load(data_cfg, opts)
+    if data_cfg.unlabelled:
+        from strata.data.unlabelled import with_unlabelled
+
+        bundle = with_unlabelled(bundle, data_cfg, data_cfg.name)
     if bundle.train is not None:  # the sets that hold out val themselves
         from strata.data.splits import check_training_left
 

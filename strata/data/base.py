@@ -59,6 +59,9 @@ class DataBundle:
     collate: Callable | None = None
     # Files to write into the run folder (tokenizer.json, ...): name -> bytes.
     artifacts: dict[str, bytes] = field(default_factory=dict)
+    # With [data] unlabelled: a bool mask over `train` of the examples whose labels are kept; the
+    # others are used without their labels (strata/data/unlabelled.py puts them into every batch).
+    labelled: Any = None
 
 
 class DatasetSpec:

@@ -32,10 +32,11 @@ class Digits(ImageDataset):
 
     def load(self, data_cfg, opts):
         x, y = self.arrays()
-        train, val, test = S.train_val_test(y, data_cfg, test_fraction=TEST_FRACTION)
+        train, val, test, labelled = S.train_val_test(y, data_cfg, test_fraction=TEST_FRACTION, pool=True)
         parts = {"train": (x[train], y[train]), "val": None if val is None else (x[val], y[val]),
                  "test": (x[test], y[test])}
-        return image_bundle(parts, [str(i) for i in range(10)], normalize=opts.normalize if opts else False)
+        return image_bundle(parts, [str(i) for i in range(10)], normalize=opts.normalize if opts else False,
+                            labelled=labelled)
 
 
 DATASETS.register("digits", Digits())

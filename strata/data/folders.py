@@ -87,7 +87,8 @@ class ImageFolder(ImageDataset):
         else:
             paths, y, classes = scan(root)
             given, test_fraction, val_fraction = {}, cfg.test_fraction, data_cfg.val_fraction
-        train, val, test = S.train_val_test(y, replace(data_cfg, val_fraction=val_fraction), test_fraction)
+        train, val, test, labelled = S.train_val_test(y, replace(data_cfg, val_fraction=val_fraction), test_fraction,
+                                                      pool=True)
 
         def take(idx):
             return (read_all([paths[i] for i in idx], cfg), y[idx]) if idx is not None and len(idx) else None
@@ -95,7 +96,7 @@ class ImageFolder(ImageDataset):
         parts = {"train": take(train), "val": take(val), "test": take(test)}
         for k, (p, yk, _) in given.items():
             parts[k] = (read_all(p, cfg), yk)
-        return image_bundle(parts, classes, cfg.normalize)
+        return image_bundle(parts, classes, cfg.normalize, labelled=labelled)
 
 
 DATASETS.register("image_folder", ImageFolder())

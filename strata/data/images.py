@@ -159,10 +159,10 @@ def to_float(x: np.ndarray) -> torch.Tensor:
     return t.to(torch.float32).div_(255.0) if t.dtype == torch.uint8 else t.to(torch.float32)
 
 
-def image_bundle(splits: dict, class_names: list[str], normalize: bool):
+def image_bundle(splits: dict, class_names: list[str], normalize: bool, labelled=None):
     """DataBundle of TensorSplits {"x": float32 (N, C, H, W), "y": int64 (N,)} from
     {"train": (x, y), "val": (x, y) | None, "test": (x, y) | None}, x (N, C, H, W) uint8 or
-    float in [0, 1]."""
+    float in [0, 1]. labelled: the mask over train of examples that keep their labels (DataBundle.labelled)."""
     from strata.data.base import DataBundle, TensorSplit
 
     xs = {k: None if v is None else to_float(v[0]) for k, v in splits.items()}
@@ -174,4 +174,4 @@ def image_bundle(splits: dict, class_names: list[str], normalize: bool):
         x = apply_normalize(xs[k], info["normalize"])
         return TensorSplit({"x": x, "y": torch.from_numpy(np.asarray(splits[k][1], dtype=np.int64))})
 
-    return DataBundle(train=split("train"), val=split("val"), test=split("test"), info=info)
+    return DataBundle(train=split("train"), val=split("val"), test=split("test"), info=info, labelled=labelled)

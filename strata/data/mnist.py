@@ -50,7 +50,7 @@ class IdxImages(ImageDataset):
 
     def load(self, data_cfg, opts):
         xtr, ytr, xte, yte = self.arrays()
-        train, val, _ = S.train_val_test(ytr, data_cfg, test_fraction=None)
+        train, val, _, labelled = S.train_val_test(ytr, data_cfg, test_fraction=None, pool=True)
 
         def pick(x, y, idx):
             if idx is None:
@@ -59,7 +59,7 @@ class IdxImages(ImageDataset):
 
         return image_bundle({"train": pick(xtr, ytr, train), "val": pick(xtr, ytr, val),
                              "test": pick(xte, yte, np.arange(len(yte)))},
-                            self.class_names, normalize=opts.normalize if opts else False)
+                            self.class_names, normalize=opts.normalize if opts else False, labelled=labelled)
 
 
 DATASETS.register("mnist", IdxImages(

@@ -85,11 +85,16 @@ def check_training_left(n_train: int, data_cfg) -> None:
                           "hold out less (0.1 keeps nine tenths for training)")
 
 
-def train_val_test(y: np.ndarray | None, data_cfg, test_fraction: float | None, n: int | None = None):
+def train_val_test(y: np.ndarray | None, data_cfg, test_fraction: float | None, n: int | None = None,
+                   pool: bool = False):
     """Index arrays (train, val, test) over one pool of examples: test carved first (when
     test_fraction is given), then val from the rest with data_cfg.val_fraction, then
     data_cfg.labels_per_class and data_cfg.limit applied to what is left for training. val or test
-    is None when it would be empty."""
+    is None when it would be empty.
+
+    pool=True (loaders that can keep unlabelled examples) returns (train, val, test, labelled): with
+    data_cfg.unlabelled, train is every training example and `labelled` marks, over train, the ones
+    labels_per_class / limit keep (the others are used without their labels); otherwise labelled is None."""
     n = len(y) if y is not None else n
     rest, test = np.arange(n), None
     if test_fraction:
@@ -101,4 +106,9 @@ def train_val_test(y: np.ndarray | None, data_cfg, test_fraction: float | None, 
         rest, val = rest[keep], rest[held]
         check_training_left(len(rest), data_cfg)
     val, test = (None if a is None or not len(a) else a for a in (val, test))
-    return training_subset(rest, y, data_cfg), val, test
+    train = training_subset(rest, y, data_cfg)
+    if not pool:
+        return train, val, test
+    if not getattr(data_cfg, "unlabelled", False):
+        return train, val, test, None
+    return rest, val, test, np.isin(rest, train)

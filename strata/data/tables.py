@@ -181,8 +181,8 @@ class CsvTable(DatasetSpec):
 
         categorical = set(cfg.categorical) if cfg.categorical is not None else \
             {k for k, v in cols.items() if _numbers(v) is None}
-        train, val, test = S.train_val_test(y if kind == "class" else None, data_cfg, cfg.test_fraction or None,
-                                            n=len(y))
+        train, val, test, labelled = S.train_val_test(y if kind == "class" else None, data_cfg,
+                                                      cfg.test_fraction or None, n=len(y), pool=True)
         info = fit_info(cols, categorical, train, cfg.encoding)
         feats = encode(cols, info)
         width = feats["x"].shape[1]
@@ -201,7 +201,7 @@ class CsvTable(DatasetSpec):
             t = torch.from_numpy(idx)
             return TensorSplit({**{k: v[t] for k, v in feats.items()}, "y": yt[t]})
 
-        return DataBundle(train=split(train), val=split(val), test=split(test), info=info)
+        return DataBundle(train=split(train), val=split(val), test=split(test), info=info, labelled=labelled)
 
     def encode_inputs(self, inputs, info, run_dir):
         """CSV files with the training columns (the target may be absent), or rows given inline
