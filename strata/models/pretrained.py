@@ -7,7 +7,7 @@ Models", NeurIPS 2014 (a classifier on the VAE's posterior mean).
 
     [model]
     name = "encoder_classifier"
-    init_from = "runs/mnist-vae"   # a finished 'reconstruct' or 'vae' run: architecture + weights
+    init_from = "runs/mnist-vae"   # a finished 'reconstruct', 'vae' or 'contrastive' run: architecture + weights
     pretrained = true              # false: the same network from random weights (the baseline)
     freeze_encoder = false         # true: train only the head (a probe of the features)
 
@@ -38,24 +38,24 @@ def encoder_from_run(run_dir: str, in_shape: tuple[int, ...], pretrained: bool) 
     path = folder.path
     if not folder.is_run():
         raise StrataError(f"[model] init_from: {path} is not a strata run folder (no config.toml); give the "
-                          "folder of a finished 'reconstruct' or 'vae' run (the encoder classifier reads it "
+                          "folder of a finished 'reconstruct', 'vae' or 'contrastive' run (the encoder classifier reads it "
                           "whenever it is built, so keep it in place)")
     info = folder.read_info()
     run_shape = tuple(info.get("in_shape", in_shape))
     if run_shape != tuple(in_shape):
         raise StrataError(f"[model] init_from: the run {path} was trained on inputs of shape {list(run_shape)}, "
                           f"this data set gives {list(in_shape)}; pretrain on the same kind of data")
-    if pretrained:
-        from strata.api import load_run
+    from strata.api import load_run
 
-        model = getattr(load_run(path).task, "model", None)
-    else:
-        cfg = folder.read_config()
-        model = build_model(cfg.model, in_shape=run_shape)
+    model = getattr(load_run(path).task, "model", None)
     encoder = getattr(model, "encoder", None)
     if not isinstance(encoder, nn.Module) or not hasattr(encoder, "out_features"):
         raise StrataError(f"[model] init_from: the model of run {path} has no encoder; use a run of model "
-                          "'autoencoder' or 'vae'")
+                          "'autoencoder' or 'vae', or of task 'contrastive'")
+    if not pretrained:  # the same architecture from fresh random weights: every layer's own initialisation
+        for m in encoder.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
     return encoder
 
 

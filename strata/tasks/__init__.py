@@ -20,5 +20,6 @@ def build_task(cfg, info: dict):
 
 # Each family registers itself when its file is imported; this is the list of them.
 from strata.tasks import (  # noqa: E402,F401
-    classify, diffusion, gan, language_model, ranking, rating, reconstruct, regress, seq2seq, sequence_classify, vae,
+    classify, contrastive, diffusion, gan, language_model, ranking, rating, reconstruct, regress, semi_supervised, seq2seq,
+    sequence_classify, vae,
 )

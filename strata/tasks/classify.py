@@ -16,21 +16,8 @@ from strata.errors import StrataError
 from strata.export.graph import ExportGraph, batch_only
 from strata.models import build_model
 from strata.tasks import TASKS
+from strata.tasks.augment import random_shift
 from strata.tasks.base import Task
-
-
-def random_shift(x: torch.Tensor, pixels: int) -> torch.Tensor:
-    """Translate each image by up to `pixels` in x and y (zero fill): pad, then crop at a random offset."""
-    if pixels <= 0:
-        return x
-    b, _, h, w = x.shape
-    padded = F.pad(x, (pixels, pixels, pixels, pixels))  # (B, C, H+2p, W+2p)
-    dx = torch.randint(0, 2 * pixels + 1, (b,), device=x.device)
-    dy = torch.randint(0, 2 * pixels + 1, (b,), device=x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])  # (B, H)
-    cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])  # (B, W)
-    idx_b = torch.arange(b, device=x.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[idx_b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
 def top_k_predictions(logits: torch.Tensor, class_names: list[str], k: int) -> list[dict]:
@@ -87,8 +74,12 @@ class Classify(Task):
         logits = self.model(x)
         return F.cross_entropy(logits, batch["y"], label_smoothing=self.cfg.label_smoothing)
 
+    def net(self) -> torch.nn.Module:
+        """The network that validates, predicts, explains and exports (an EMA copy, in subclasses)."""
+        return self.model
+
     def validation_step(self, batch):
-        logits = self.model(batch["x"])
+        logits = self.net()(batch["x"])
         y = batch["y"]
         n = y.numel()
         loss = F.cross_entropy(logits.float(), y, reduction="sum")
@@ -97,18 +88,18 @@ class Classify(Task):
 
     @torch.no_grad()
     def predict_step(self, batch):
-        return top_k_predictions(self.model(batch["x"]), self.class_names, self.cfg.top_k)
+        return top_k_predictions(self.net()(batch["x"]), self.class_names, self.cfg.top_k)
 
     def explain_scores(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return self.net()(x)
 
     def explain_names(self) -> list[str]:
         return self.class_names
 
     def export_graph(self, batch):
-        return ExportGraph(self.model, (batch["x"],), ["x"], ["logits"], "class logits", batch_only(["x"]),
+        return ExportGraph(self.net(), (batch["x"],), ["x"], ["logits"], "class logits", batch_only(["x"]),
                            postprocess=classes_postprocess(self.class_names, self.cfg.top_k))
 
     @torch.no_grad()
     def predictions(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).argmax(-1)
+        return self.net()(x).argmax(-1)
