@@ -4,7 +4,8 @@
     root/train/cat/...  root/val/cat/...  root/test/cat/...  -> the given splits (val, test optional)
 
 Every image is converted to `channels` (1 grayscale, 3 RGB), resized to image_size x image_size and
-held in memory as float32 in [0, 1], so keep the set to what fits (10,000 RGB 64x64 images: 0.5 GB).
+held in memory as float32 in [0, 1] (10,000 RGB 64x64 images: 0.5 GB). A folder too big for that is
+read image by image as batches are drawn (`stream`, `num_workers`: data/streaming.py).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from strata.config import check
 from strata.data import DATASETS
 from strata.data import splits as S
 from strata.data.images import SUFFIXES, ImageDataset, image_bundle, load_image
+from strata.data.streaming import StreamOptions, image_files_bundle, refuse_unlabelled, streams
 from strata.errors import DataError
 
 
 @dataclass(frozen=True)
-class FolderConfig:
+class FolderConfig(StreamOptions):  # + stream, num_workers: folders bigger than memory (data/streaming.py)
     root: str = ""  # the folder holding one sub-folder per class (or train/, val/, test/)
     image_size: int = 32
     channels: int = 3  # 1: grayscale, 3: RGB
@@ -31,6 +33,7 @@ class FolderConfig:
     normalize: bool = False
 
     def __post_init__(self):
+        super().__post_init__()
         check(bool(self.root), "[data] root", "missing: the image folder, with one sub-folder per class")
         check(self.image_size >= 1, "[data] image_size", f"must be >= 1, got {self.image_size}")
         check(self.channels in (1, 3), "[data] channels", f"must be 1 or 3, got {self.channels}")
@@ -89,13 +92,22 @@ class ImageFolder(ImageDataset):
             given, test_fraction, val_fraction = {}, cfg.test_fraction, data_cfg.val_fraction
         train, val, test, labelled = S.train_val_test(y, replace(data_cfg, val_fraction=val_fraction), test_fraction,
                                                       pool=True)
+        n = len(paths) + sum(len(p) for p, _, _ in given.values())
+        stream = streams(cfg, n * cfg.channels * cfg.image_size ** 2 * 4, f"the {n:,} images of {root}")
+        if stream:
+            refuse_unlabelled(data_cfg)
+
+        def read(files):  # streamed: the paths, read as batches are drawn
+            return files if stream else read_all(files, cfg)
 
         def take(idx):
-            return (read_all([paths[i] for i in idx], cfg), y[idx]) if idx is not None and len(idx) else None
+            return (read([paths[i] for i in idx]), y[idx]) if idx is not None and len(idx) else None
 
         parts = {"train": take(train), "val": take(val), "test": take(test)}
         for k, (p, yk, _) in given.items():
-            parts[k] = (read_all(p, cfg), yk)
+            parts[k] = (read(p), yk)
+        if stream:
+            return image_files_bundle(parts, classes, cfg)
         return image_bundle(parts, classes, cfg.normalize, labelled=labelled)
 
 

@@ -5,7 +5,8 @@ i.e. 0). Categorical columns (listed in `categorical`, or auto-detected: any col
 that is not a number) become one-hot blocks appended to x (`encoding = "onehot"`, what an MLP
 takes), or integer codes under batch["cat"] for embeddings (`encoding = "index"`); code 0 is a
 value unseen in training or missing. Every statistic lives in `info`, so `strata predict` encodes
-new rows the same way. Missing values: empty, NA, NaN, ?, null.
+new rows the same way. Missing values: empty, NA, NaN, ?, null. A table too big for memory is read
+row by row at recorded byte offsets (`stream`, `num_workers`: data/streaming.py).
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ from strata.config import check
 from strata.data import DATASETS
 from strata.data import splits as S
 from strata.data.base import DataBundle, DatasetSpec, TensorSplit, target_stats
+from strata.data.streaming import CSV_MEMORY_PER_BYTE, GZIP_RATIO, StreamOptions, load_csv_streamed, streams
 from strata.errors import DataError
 
 MISSING = {"", "na", "nan", "?", "null", "none", "n/a"}
 
 
 @dataclass(frozen=True)
-class TableConfig:
+class TableConfig(StreamOptions):  # + stream, num_workers: tables bigger than memory (data/streaming.py)
     path: str = ""  # the CSV file
     target: str = ""  # the column to predict
     categorical: tuple[str, ...] | None = None  # None: every column holding a non-number
@@ -41,6 +43,7 @@ class TableConfig:
     test_fraction: float = 0.2
 
     def __post_init__(self):
+        super().__post_init__()
         check(bool(self.path), "[data] path", "missing: the CSV file to read")
         check(bool(self.target), "[data] target", "missing: the name of the column to predict")
         check(len(self.delimiter) == 1, "[data] delimiter", f"must be one character, got {self.delimiter!r}")
@@ -117,7 +120,7 @@ def encode(cols: dict[str, np.ndarray], info: dict) -> dict[str, torch.Tensor]:
 
 def fit_info(cols: dict[str, np.ndarray], categorical: set[str], train: np.ndarray, encoding: str) -> dict:
     """Per-column statistics from the training rows only."""
-    numeric, cats, names = [], [], []
+    numeric, cats = [], []
     for name, col in cols.items():
         if name in categorical:
             values = sorted({v for v in col[train] if v.lower() not in MISSING})
@@ -132,10 +135,55 @@ def fit_info(cols: dict[str, np.ndarray], categorical: set[str], train: np.ndarr
         mean = float(ok.mean()) if len(ok) else 0.0
         std = float(ok.std()) if len(ok) > 1 and ok.std() > 0 else 1.0
         numeric.append({"name": name, "mean": mean, "std": std})
-        names.append(name)
+    return describe(numeric, cats, encoding)
+
+
+def describe(numeric: list[dict], cats: list[dict], encoding: str) -> dict:
+    """The encoding's part of `info`, from the per-column statistics (fit_info, or a streaming read)."""
+    names = [c["name"] for c in numeric]
     for c in cats:
         names += ([f"{c['name']}=<other>"] + [f"{c['name']}={v}" for v in c["values"]]) if encoding == "onehot" else []
     return {"numeric": numeric, "categorical": cats, "encoding": encoding, "feature_names": names}
+
+
+def check_columns(path: Path, cfg: TableConfig, columns) -> None:
+    """Every column the config names is in the table."""
+    for name in (cfg.target, *cfg.drop, *(cfg.categorical or ())):
+        if name not in columns:
+            from strata.registry import closest
+
+            raise DataError(f"CSV file {path} has no column '{name}'{closest(name, columns)}; "
+                            f"columns: {', '.join(columns)}")
+
+
+def target_values(target: np.ndarray, cfg: TableConfig) -> tuple[str, np.ndarray, list[str] | None]:
+    """(kind, y, class_names) of the target column's strings (no missing values): "class" with int64
+    codes of the sorted class names, or "regression" with float32 numbers."""
+    numbers = _numbers(target)
+    kind = cfg.target_kind
+    if kind == "auto":
+        few_ints = numbers is not None and np.all(numbers == np.round(numbers)) and len(np.unique(numbers)) <= 20
+        kind = "class" if numbers is None or few_ints else "regression"
+    if kind == "regression":
+        if numbers is None:
+            raise DataError(f"target column '{cfg.target}' holds text; use target_kind = \"class\"")
+        return kind, numbers.astype(np.float32), None
+    uniq = sorted(set(target), key=lambda v: (float(v), v)) if numbers is not None else sorted(set(target))
+    class_names = list(uniq)
+    y = np.searchsorted(np.array(uniq, dtype=object), target) if numbers is None else \
+        np.array([class_names.index(v) for v in target])
+    return kind, y.astype(np.int64), class_names
+
+
+def table_info(info: dict, cfg: TableConfig, width: int, kind: str, class_names: list[str] | None, y_train) -> None:
+    """Adds to the encoding's `info` what the model and task are built from."""
+    info.update({"kind": "table", "in_features": width, "in_shape": [width], "target": cfg.target,
+                 "target_kind": kind, "delimiter": cfg.delimiter,
+                 "cat_cardinalities": [len(c["values"]) + 1 for c in info["categorical"]]})
+    if kind == "class":
+        info.update({"num_classes": len(class_names), "class_names": class_names})
+    else:
+        info.update(num_outputs=1, **target_stats(y_train))
 
 
 class CsvTable(DatasetSpec):
@@ -147,13 +195,11 @@ class CsvTable(DatasetSpec):
 
     def load(self, data_cfg, cfg: TableConfig) -> DataBundle:
         path = Path(cfg.path).expanduser()
+        size = path.stat().st_size * (GZIP_RATIO if path.suffix == ".gz" else 1) if path.is_file() else 0
+        if streams(cfg, size * CSV_MEMORY_PER_BYTE, f"CSV file {path}"):
+            return load_csv_streamed(data_cfg, cfg, path)
         cols = read_csv(path, cfg.delimiter)
-        for name in (cfg.target, *cfg.drop, *(cfg.categorical or ())):
-            if name not in cols:
-                from strata.registry import closest
-
-                raise DataError(f"CSV file {path} has no column '{name}'{closest(name, cols)}; "
-                                f"columns: {', '.join(cols)}")
+        check_columns(path, cfg, cols)
         for name in cfg.drop:
             cols.pop(name)
         refuse_infinite(cols, f"CSV file {path}")
@@ -162,22 +208,7 @@ class CsvTable(DatasetSpec):
         cols, target = {k: v[keep] for k, v in cols.items()}, target[keep]
         if len(target) < 2:
             raise DataError(f"CSV file {path}: fewer than 2 rows with a value in '{cfg.target}'")
-
-        numbers = _numbers(target)
-        kind = cfg.target_kind
-        if kind == "auto":
-            few_ints = numbers is not None and np.all(numbers == np.round(numbers)) and len(np.unique(numbers)) <= 20
-            kind = "class" if numbers is None or few_ints else "regression"
-        if kind == "regression":
-            if numbers is None:
-                raise DataError(f"target column '{cfg.target}' holds text; use target_kind = \"class\"")
-            y, class_names = numbers.astype(np.float32), None
-        else:
-            uniq = sorted(set(target), key=lambda v: (float(v), v)) if numbers is not None else sorted(set(target))
-            class_names = list(uniq)
-            y = np.searchsorted(np.array(uniq, dtype=object), target) if numbers is None else \
-                np.array([class_names.index(v) for v in target])
-            y = y.astype(np.int64)
+        kind, y, class_names = target_values(target, cfg)
 
         categorical = set(cfg.categorical) if cfg.categorical is not None else \
             {k for k, v in cols.items() if _numbers(v) is None}
@@ -185,14 +216,7 @@ class CsvTable(DatasetSpec):
                                                       cfg.test_fraction or None, n=len(y), pool=True)
         info = fit_info(cols, categorical, train, cfg.encoding)
         feats = encode(cols, info)
-        width = feats["x"].shape[1]
-        info.update({"kind": "table", "in_features": width, "in_shape": [width], "target": cfg.target,
-                     "target_kind": kind, "delimiter": cfg.delimiter,
-                     "cat_cardinalities": [len(c["values"]) + 1 for c in info["categorical"]]})
-        if kind == "class":
-            info.update({"num_classes": len(class_names), "class_names": class_names})
-        else:
-            info.update(num_outputs=1, **target_stats(y[train]))
+        table_info(info, cfg, feats["x"].shape[1], kind, class_names, y[train])
         yt = torch.from_numpy(y)
 
         def split(idx):
