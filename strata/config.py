@@ -263,9 +263,6 @@ class DataConfig:
         check(self.limit >= 0, "[data] limit", f"must be >= 0, got {self.limit}")
         check(self.labels_per_class >= 0, "[data] labels_per_class", f"must be >= 0, got {self.labels_per_class}")
         check(self.unlabelled_ratio >= 1, "[data] unlabelled_ratio", f"must be >= 1, got {self.unlabelled_ratio}")
-        check(not self.unlabelled or self.labels_per_class > 0 or self.limit > 0, "[data] unlabelled",
-              "keeps the training examples that labels_per_class or limit leave out, but neither is set; "
-              "e.g. labels_per_class = 10 labels ten examples of each class and leaves the rest unlabelled")
         check(0 <= self.val_fraction < 1, "[data] val_fraction", f"must be in [0, 1), got {self.val_fraction}")
         check(0 <= self.split_seed < 2**32, "[data] split_seed", f"must be in [0, 2**32), got {self.split_seed}")
 

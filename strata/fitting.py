@@ -214,7 +214,8 @@ def fit(model, data, *, val=None, test=None, task: str | None = None, epochs: in
         bundle, task, loader_bs = python_bundle(data, val=val, test=test, task=task or ("own" if own_step else None),
                                                 val_split=val_split, split_seed=seed, standardize=standardize,
                                                 notices=notices)
-        data_sec = {"name": "python", "val_fraction": val_split if val is None else 0.0}
+        data_sec = {"name": "python", "val_fraction": val_split if val is None else 0.0,
+                    **({"unlabelled": True} if bundle.labelled is not None else {})}
         batch_size = batch_size or loader_bs
     else:
         if val is not None or test is not None:
@@ -251,6 +252,10 @@ def fit(model, data, *, val=None, test=None, task: str | None = None, epochs: in
     if verbose and _is_main():
         for line in notices:
             print(f"strata: {line}", file=sys.stderr)
+    if cfg.data.unlabelled and cfg.data.name == "python":  # y = -1 marked the unlabelled examples
+        from strata.data.unlabelled import with_unlabelled
+
+        bundle = with_unlabelled(bundle, cfg.data, "python")
     if "model" in modules and "task" not in modules:
         _check_output(modules["model"], bundle, cfg.task.name)
     trainer = Trainer(cfg, run_dir=run_dir, resume=resume, bundle=bundle, callbacks=tuple(callbacks))
@@ -282,7 +287,7 @@ def _check_output(model: nn.Module, bundle, task: str) -> None:
     from strata.train.loader import EpochBatches
 
     info = bundle.info
-    if task not in ("classify", "regress"):
+    if task not in ("classify", "semi_supervised", "regress"):
         return
     _, batch = next(EpochBatches(bundle.train, 2, False, 0, torch.device("cpu"), collate=bundle.collate).epoch(0))
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -300,10 +305,10 @@ def _check_output(model: nn.Module, bundle, task: str) -> None:
         model.train(was)
     got = list(out.shape) if torch.is_tensor(out) else type(out).__name__
     b = len(batch["y"]) if "y" in batch else 2
-    if task == "classify":
+    if task in ("classify", "semi_supervised"):
         k = info["num_classes"]
         if not torch.is_tensor(out) or out.ndim != 2 or out.shape[0] != b or out.shape[1] < k:
-            raise DataError(f"the model's output has shape {got} for a batch of {b}; task 'classify' expects "
+            raise DataError(f"the model's output has shape {got} for a batch of {b}; task '{task}' expects "
                             f"[{b}, {k}]: one score (logit) per class for the {k} classes in the labels 0..{k - 1}")
         if out.shape[1] > k:  # more outputs than the labels use: classes the data never shows
             info["num_classes"] = int(out.shape[1])

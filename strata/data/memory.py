@@ -58,9 +58,10 @@ def as_tensor(a, what: str, notices: list[str] | None = None) -> torch.Tensor:
     return t
 
 
-def encode_labels(y, what: str, classify: bool | None, notices: list[str] | None):
+def encode_labels(y, what: str, classify: bool | None, notices: list[str] | None, unlabelled: bool = False):
     """Labels -> (tensor, class_names or None). Strings are classes named by their sorted values;
-    integers are classes 0..K-1; floats are regression targets unless classify is asked for."""
+    integers are classes 0..K-1; floats are regression targets unless classify is asked for.
+    unlabelled: -1 marks an example without a label (scikit-learn's convention)."""
     arr = y if isinstance(y, torch.Tensor) else np.asarray(y)
     if not isinstance(arr, torch.Tensor) and arr.dtype.kind in "USO":
         names = sorted({str(v) for v in arr.reshape(-1)})
@@ -78,9 +79,11 @@ def encode_labels(y, what: str, classify: bool | None, notices: list[str] | None
     if t.ndim != 1:
         raise DataError(f"{what}: class labels must be one number per example, shape (N,), got {list(t.shape)}")
     t = t.long()
-    if len(t) and int(t.min()) < 0:
-        raise DataError(f"{what}: class labels must be 0..K-1, found {int(t.min())} at index "
-                        f"{int((t < 0).nonzero()[0])}; map your labels to 0..K-1 first")
+    low = -1 if unlabelled else 0
+    if len(t) and int(t.min()) < low:
+        raise DataError(f"{what}: class labels must be 0..K-1{' or -1 (unlabelled)' if unlabelled else ''}, found "
+                        f"{int(t.min())} at index {int((t < low).nonzero()[0])}; map your labels to 0..K-1 first"
+                        f"{'' if unlabelled else ' (-1 marks an unlabelled example for task=semi_supervised)'}")
     return t, None
 
 
@@ -195,9 +198,13 @@ def python_bundle(data, *, val=None, test=None, task: str | None = None, val_spl
         return _dataset_bundle(data, val, test, task, val_split, split_seed, collate), task, batch_size
     x, y = split_xy(data, "data")
     # Labels are classes for these tasks, numbers for regress, and as their dtype says otherwise.
-    classify = {"classify": True, "sequence_classify": True, "regress": False}.get(task)
+    classify = {"classify": True, "sequence_classify": True, "semi_supervised": True, "regress": False}.get(task)
+    semi = task == "semi_supervised"
     xt = as_tensor(x, "x", notices)
-    yt, names = (None, None) if y is None else encode_labels(y, "y", classify, notices)
+    yt, names = (None, None) if y is None else encode_labels(y, "y", classify, notices, unlabelled=semi)
+    if semi and (yt is None or not bool((yt < 0).any())):
+        raise DataError("task='semi_supervised' learns from unlabelled examples too, but every example of y has a "
+                        "label; mark the unlabelled ones with -1 (scikit-learn's convention)")
     if yt is not None and len(yt) != len(xt):
         raise DataError(f"x and y differ in length: x has {len(xt):,} examples, y has {len(yt):,}; "
                         "give one label per example")
@@ -223,7 +230,10 @@ def python_bundle(data, *, val=None, test=None, task: str | None = None, val_spl
 
     held_xy, test_xy = given("val", val), given("test", test)
     if val is None and val_split > 0:
-        keep, held = S.hold_out(yt.numpy() if classes else None, val_split, split_seed, len(xt))
+        # semi-supervised: validation examples come from the labelled ones; every unlabelled one trains
+        among = (yt >= 0).nonzero().flatten().numpy() if semi else np.arange(len(xt))
+        keep, held = S.hold_out(yt.numpy()[among] if classes else None, val_split, split_seed, len(among))
+        keep, held = np.setdiff1d(np.arange(len(xt)), among[held]), among[held]
         if len(held) == 0 or len(keep) == 0:
             raise DataError(f"val_split = {val_split} of {len(xt)} examples leaves an empty split; "
                             "give more examples, another val_split, or val=(x_val, y_val)")
@@ -250,7 +260,9 @@ def python_bundle(data, *, val=None, test=None, task: str | None = None, val_spl
             tensors["y"] = xy[1]
         return TensorSplit(tensors)
 
-    return DataBundle(train=split((xt, yt)), val=split(held_xy), test=split(test_xy), info=info), task, batch_size
+    labelled = (yt >= 0).numpy() if semi else None
+    return (DataBundle(train=split((xt, yt)), val=split(held_xy), test=split(test_xy), info=info, labelled=labelled),
+            task, batch_size)
 
 
 def encode_with(y, names: list[str] | None, classes: bool, what: str, notices) -> torch.Tensor:

@@ -34,11 +34,16 @@ def with_unlabelled(bundle: DataBundle, data_cfg, name: str) -> DataBundle:
     mask = torch.as_tensor(np.asarray(bundle.labelled, dtype=bool))
     labelled, pool = mask.nonzero().flatten(), (~mask).nonzero().flatten()
     ratio = data_cfg.unlabelled_ratio
+    if len(pool) == 0 and not (data_cfg.labels_per_class or data_cfg.limit or name == "python"):
+        raise ConfigError("[data] unlabelled keeps the training examples that labels_per_class or limit leave out, "
+                          "but neither is set; e.g. labels_per_class = 10 labels ten examples of each class and "
+                          "leaves the rest unlabelled")
     if len(labelled) == 0:
         raise DataError("[data] unlabelled: no training example keeps its label; raise labels_per_class or limit")
     if len(pool) < ratio:
+        fix = "mark more examples of y with -1" if name == "python" else "lower labels_per_class or limit"
         raise DataError(f"[data] unlabelled: only {len(pool)} training examples are left unlabelled, fewer than "
-                        f"unlabelled_ratio = {ratio}; lower labels_per_class or limit, or lower unlabelled_ratio")
+                        f"unlabelled_ratio = {ratio}; {fix}, or lower unlabelled_ratio")
     g = torch.Generator().manual_seed(data_cfg.split_seed + 31)
     items = len(pool) // ratio  # the remainder (< ratio examples) is left out
     groups = pool[torch.randperm(len(pool), generator=g)[: items * ratio]].view(items, ratio)

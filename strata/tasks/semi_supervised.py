@@ -7,6 +7,11 @@ trained to predict that label on a strongly augmented view of the same example:
 
     loss = CE(f(weak(x)), y)  +  unlabelled_weight * mean_u[ 1{max p(weak(u)) >= threshold} * CE(f(strong(u)), argmax p) ]
 
+With `distribution_alignment` (ReMixMatch, Berthelot et al. 2020) the weak-view probabilities are
+first multiplied by (class frequencies of the labelled examples) / (running mean of the model's
+predictions on unlabelled ones) and renormalised, so a class the model over-predicts early (a 7 taken
+for a 2) cannot feed itself pseudo-labels.
+
 Pseudo-labels come from the model itself (the paper) or, with `ema_decay > 0`, from an exponential
 moving average of its weights (a "mean teacher", Tarvainen & Valpola 2017), which then also
 validates, predicts and exports. Views are made on the device (strata/tasks/augment.py).
@@ -43,6 +48,7 @@ class SemiSupervisedConfig(AugmentConfig):
     num_classes: int = 10  # from the data set
     threshold: float = 0.95  # confidence a weak-view prediction needs to become a pseudo-label
     unlabelled_weight: float = 1.0  # lambda_u
+    distribution_alignment: bool = True  # rescale pseudo-label probabilities towards the labelled class frequencies
     ema_decay: float = 0.0  # > 0: pseudo-labels, validation and predictions from an EMA of the weights
     top_k: int = 3  # classes listed by predict
 
@@ -66,6 +72,10 @@ class SemiSupervised(Classify):
                               "data set gives only labelled ones; set [data] unlabelled = true with labels_per_class "
                               "(or limit) leaving examples out, e.g. labels_per_class = 10")
         super().__init__(cfg, model, info)
+        k = self.cfg.num_classes
+        # running class frequencies: of the labelled examples, and of the predictions on unlabelled ones
+        self.register_buffer("labelled_freq", torch.full((k,), 1.0 / k))
+        self.register_buffer("predicted_freq", torch.full((k,), 1.0 / k))
         if cfg.ema_decay:
             # a child module, so every checkpoint carries it
             self.ema = ema_copy(self.model)
@@ -86,6 +96,8 @@ class SemiSupervised(Classify):
         with torch.no_grad():
             teacher = self.ema if self.cfg.ema_decay else self.model
             probs = teacher(weak_view(u, self.cfg)).float().softmax(-1)
+            if self.cfg.distribution_alignment:
+                probs = self.align(probs, y)
             confidence, pseudo = probs.max(-1)
             keep = (confidence >= self.cfg.threshold).float()
         logits = self.model(torch.cat([weak_view(x, self.cfg), strong_view(u, self.cfg)]))
@@ -94,6 +106,15 @@ class SemiSupervised(Classify):
         loss = supervised + self.cfg.unlabelled_weight * consistency
         yield Loss("main", loss, {"supervised": supervised.detach(), "consistency": consistency.detach(),
                                   "mask": keep.mean()})
+
+    def align(self, probs: torch.Tensor, y: torch.Tensor, momentum: float = 0.99) -> torch.Tensor:
+        """Distribution alignment: probs * labelled_freq / predicted_freq, renormalised; both running means
+        are updated with this batch first (over ~100 batches)."""
+        seen = torch.bincount(y, minlength=len(self.labelled_freq)).float() / len(y)
+        self.labelled_freq.mul_(momentum).add_(seen, alpha=1 - momentum)
+        self.predicted_freq.mul_(momentum).add_(probs.mean(0), alpha=1 - momentum)
+        aligned = probs * (self.labelled_freq / self.predicted_freq.clamp_min(1e-6))
+        return aligned / aligned.sum(-1, keepdim=True)
 
     def after_optimizer_step(self, name: str) -> None:
         if self.cfg.ema_decay:

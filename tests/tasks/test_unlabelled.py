@@ -187,3 +187,31 @@ def test_views_keep_shape_and_change_the_input(shape):
         v = view(x, AugmentConfig())
         assert v.shape == x.shape and v.dtype == x.dtype and torch.isfinite(v).all()
         assert not torch.equal(v, x)
+
+
+def test_python_arrays_mark_unlabelled_examples_with_minus_one(tmp_path):
+    """strata.fit(model, (x, y), task="semi_supervised"): y = -1 marks the unlabelled examples
+    (scikit-learn's convention); validation examples come from the labelled ones only."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from torch import nn
+
+    import strata
+
+    d = load_digits()
+    x, y = (d.images[:, None] / 16).astype(np.float32), d.target.copy()
+    hidden = np.ones(len(y), dtype=bool)
+    hidden[[np.flatnonzero(y == c)[i] for c in range(10) for i in range(6)]] = False
+    y_semi = np.where(hidden, -1, y)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    run = strata.fit(net, (x, y_semi), task="semi_supervised", epochs=1, batch_size=8, val_split=0.2, verbose=0,
+                     run_dir=tmp_path / "run")
+    assert run.task.info["unlabelled"] == {"labelled": 48, "unlabelled": len(y) - 60 - (len(y) - 60) % 7, "ratio": 7}
+    assert len(run.predict(x[:3])) == 3
+    with pytest.raises(DataError, match="every example of y has a label; mark the unlabelled ones with -1"):
+        strata.fit(net, (x, y), task="semi_supervised", verbose=0, run_dir=tmp_path / "all")
+    with pytest.raises(DataError, match="0..K-1 or -1 \\(unlabelled\\), found -2"):
+        strata.fit(net, (x, np.where(hidden, -2, y)), task="semi_supervised", verbose=0, run_dir=tmp_path / "neg")
+    with pytest.raises(DataError, match="-1 marks an unlabelled example for task=semi_supervised"):
+        strata.fit(net, (x, y_semi), verbose=0, run_dir=tmp_path / "classify")
+    assert not any((tmp_path / n).exists() for n in ("all", "neg", "classify"))
