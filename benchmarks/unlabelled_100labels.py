@@ -53,6 +53,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="mnist", choices=["mnist", "fashion_mnist"])
     ap.add_argument("--draws", type=int, default=3, help="draws of the 100 labelled images (split_seed 0, 1, ...)")
+    ap.add_argument("--draw", type=int, action="append", help="only this draw (repeatable): to run draws in parallel")
     ap.add_argument("--pretrained-run", type=Path, help="a finished contrastive run; default: train one")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "unlabelled-100labels")
     ap.add_argument("--only", nargs="+", choices=["scratch", "semi", "simclr-ft", "simclr-probe"],
@@ -75,7 +76,7 @@ def main(argv=None) -> dict:
         "simclr-probe": ("mnist-simclr-100labels.toml", {"model.freeze_encoder": True}),
     }
     acc: dict[str, list[float]] = {m: [] for m in args.only}
-    for draw in range(args.draws):
+    for draw in args.draw or range(args.draws):
         row = []
         for m in args.only:
             name, over = methods[m]
@@ -87,7 +88,7 @@ def main(argv=None) -> dict:
             row.append(f"{m} {100 * s['test/acc']:.2f} % ({s['wall_time_s']:.0f}s)")
         print(f"draw {draw}: " + ", ".join(row), flush=True)
 
-    print(f"\n{args.data} test accuracy with 100 labels (10 per class), {args.draws} draws:")
+    print(f"\n{args.data} test accuracy with 100 labels (10 per class), {len(args.draw or range(args.draws))} draws:")
     summary = {}
     for m, values in acc.items():
         mean = statistics.mean(values)

@@ -531,6 +531,7 @@ def recommendations(ctx: Context) -> list[Section]:
 # What each task adds to the page, after the test metrics and curves.
 TASK_SECTIONS: dict[str, list[Callable[[Context], list[Section]]]] = {
     "classify": [classifier, feature_hierarchy],
+    "semi_supervised": [classifier, feature_hierarchy],
     "sequence_classify": [classifier],
     "regress": [regression],
     "reconstruct": [reconstructions],

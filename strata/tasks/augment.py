@@ -3,8 +3,9 @@ augmentations that semi-supervised and self-supervised tasks compare, for any fl
 
 - images (B, C, H, W): weak = a random translation (up to `shift` of the side, zero fill) and, with
   `flip`, a horizontal flip; strong = a random affine map (rotation, scale, shear, translation) by
-  `affine_grid` + `grid_sample`, brightness and contrast jitter, and a cutout square (DeVries & Taylor
-  2017) filled with the image's mean, as in FixMatch's strong branch (Sohn et al. 2020).
+  `affine_grid` + `grid_sample`, optionally thicker or thinner strokes (`morph`), brightness and
+  contrast jitter, and a cutout square (DeVries & Taylor 2017) filled with the image's mean, as in
+  FixMatch's strong branch (Sohn et al. 2020).
 - tables (B, F): weak = Gaussian noise of 0.1 of each feature's batch spread; strong = noise of 0.3 and
   a random 30 % of the features replaced by their batch mean (masking, as in VIME, Yoon et al. 2020).
 - sequences (B, C, T): weak = noise and a random shift along time; strong = noise, amplitude scaling and
@@ -85,11 +86,12 @@ class AugmentConfig:
     shear: float = 15.0  # strong image view: degrees
     cutout: float = 0.5  # strong image view: a square of up to this fraction of the side
     jitter: float = 0.3  # strong image view: brightness and contrast, +- this fraction
+    morph: float = 0.0  # strong image view: chance of thickening or thinning strokes (3x3 dilation / erosion)
     noise: float = 0.3  # strong table / sequence view: Gaussian noise, a fraction of each feature's spread
     mask: float = 0.3  # strong table / sequence view: fraction of features (or of time) masked
 
     def __post_init__(self):
-        for key in ("shift", "zoom", "cutout", "jitter", "mask"):
+        for key in ("shift", "zoom", "cutout", "jitter", "mask", "morph"):
             v = getattr(self, key)
             check(0 <= v < 1, f"[task] {key}", f"must be in [0, 1), got {v}")
         for key in ("rotate", "shear"):
@@ -112,6 +114,14 @@ def flip(x: torch.Tensor) -> torch.Tensor:
     return torch.where(keep[:, None, None, None], x, x.flip(-1))
 
 
+def morph(x: torch.Tensor, p: float) -> torch.Tensor:
+    """With chance p/2 each, a 3x3 grey dilation or erosion of the image: thicker or thinner strokes."""
+    roll = torch.rand(x.shape[0], 1, 1, 1, device=x.device)
+    thick = F.max_pool2d(x, 3, 1, 1)
+    thin = -F.max_pool2d(-x, 3, 1, 1)
+    return torch.where(roll < p / 2, thick, torch.where(roll < p, thin, x))
+
+
 def weak_view(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
     if x.ndim == 4:
         x = random_shift(x, round(cfg.shift * x.shape[-1]))
@@ -129,6 +139,8 @@ def strong_view(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
         if cfg.flip:
             x = flip(x)
         x = random_affine(x, cfg.rotate, cfg.zoom, cfg.shear, cfg.shift)
+        if cfg.morph:
+            x = morph(x, cfg.morph)
         if cfg.jitter:
             mean = x.mean((1, 2, 3), keepdim=True)
             contrast = uniform(b, 1 - cfg.jitter, 1 + cfg.jitter, x).view(b, 1, 1, 1).to(x.dtype)
