@@ -48,6 +48,7 @@ class SemiSupervisedConfig(AugmentConfig):
     num_classes: int = 10  # from the data set
     threshold: float = 0.95  # confidence a weak-view prediction needs to become a pseudo-label
     unlabelled_weight: float = 1.0  # lambda_u
+    unlabelled_warmup: int = 0  # optimiser steps over which lambda_u rises linearly from 0 (0: at once)
     distribution_alignment: bool = True  # rescale pseudo-label probabilities towards the labelled class frequencies
     ema_decay: float = 0.0  # > 0: pseudo-labels, validation and predictions from an EMA of the weights
     top_k: int = 3  # classes listed by predict
@@ -56,6 +57,7 @@ class SemiSupervisedConfig(AugmentConfig):
         super().__post_init__()
         check(0 < self.threshold <= 1, "[task] threshold", f"must be in (0, 1], got {self.threshold}")
         check(self.unlabelled_weight >= 0, "[task] unlabelled_weight", f"must be >= 0, got {self.unlabelled_weight}")
+        check(self.unlabelled_warmup >= 0, "[task] unlabelled_warmup", f"must be >= 0, got {self.unlabelled_warmup}")
         check(0 <= self.ema_decay < 1, "[task] ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         check(self.top_k >= 1, "[task] top_k", f"must be >= 1, got {self.top_k}")
 
@@ -76,6 +78,7 @@ class SemiSupervised(Classify):
         # running class frequencies: of the labelled examples, and of the predictions on unlabelled ones
         self.register_buffer("labelled_freq", torch.full((k,), 1.0 / k))
         self.register_buffer("predicted_freq", torch.full((k,), 1.0 / k))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))  # optimiser steps so far
         if cfg.ema_decay:
             # a child module, so every checkpoint carries it
             self.ema = ema_copy(self.model)
@@ -103,7 +106,9 @@ class SemiSupervised(Classify):
         logits = self.model(torch.cat([weak_view(x, self.cfg), strong_view(u, self.cfg)]))
         supervised = F.cross_entropy(logits[: len(x)], y)
         consistency = (F.cross_entropy(logits[len(x):], pseudo, reduction="none") * keep).mean()
-        loss = supervised + self.cfg.unlabelled_weight * consistency
+        warmup = self.cfg.unlabelled_warmup
+        ramp = ((self.updates + 1).float() / warmup).clamp(max=1.0) if warmup else 1.0  # on device: no sync
+        loss = supervised + self.cfg.unlabelled_weight * ramp * consistency
         yield Loss("main", loss, {"supervised": supervised.detach(), "consistency": consistency.detach(),
                                   "mask": keep.mean()})
 
@@ -117,6 +122,7 @@ class SemiSupervised(Classify):
         return aligned / aligned.sum(-1, keepdim=True)
 
     def after_optimizer_step(self, name: str) -> None:
+        self.updates += 1
         if self.cfg.ema_decay:
             ema_update_(self.ema, self.model, self.cfg.ema_decay, int(self.ema_updates))
             self.ema_updates += 1
