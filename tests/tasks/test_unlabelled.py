@@ -215,3 +215,50 @@ def test_python_arrays_mark_unlabelled_examples_with_minus_one(tmp_path):
     with pytest.raises(DataError, match="-1 marks an unlabelled example for task=semi_supervised"):
         strata.fit(net, (x, y_semi), verbose=0, run_dir=tmp_path / "classify")
     assert not any((tmp_path / n).exists() for n in ("all", "neg", "classify"))
+
+
+def test_both_tasks_work_on_an_image_folder_a_csv_table_and_sequences(tmp_path):
+    """Beyond the shipped sets: a user's image folder (semi-supervised and contrastive), a CSV table
+    (noise and masked features) and float sequences given as arrays (noise, shift, masked time)."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_breast_cancer, load_digits
+    from torch import nn
+
+    import strata
+    from strata.api import train
+
+    d = load_digits()
+    root = tmp_path / "folder"
+    for i, (img, y) in enumerate(zip(d.images[:300], d.target[:300])):
+        (root / str(y)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((img * 255 / 16).astype(np.uint8)).save(root / str(y) / f"{i}.png")
+    short = {"max_steps": 4, "progress": "off"}
+    folder = {"name": "image_folder", "root": str(root), "image_size": 8, "channels": 1, "val_fraction": 0.0,
+              "batch_size": 8}
+    cnn = {"name": "cnn", "channels": [8], "fc_hidden": 16}
+    semi = train({"name": "f", "data": {**folder, "labels_per_class": 2, "unlabelled": True}, "model": cnn,
+                  "task": {"name": "semi_supervised"}, "trainer": short}, run_dir=tmp_path / "semi-folder")
+    assert semi.summary["steps"] == 4 and "test/acc" in semi.summary
+    simclr = train({"name": "c", "data": folder, "model": cnn, "task": {"name": "contrastive"}, "trainer": short},
+                   run_dir=tmp_path / "simclr-folder")
+    assert np.isfinite(simclr.summary["test/loss"])
+
+    b = load_breast_cancer()
+    header = ",".join([f"f{i}" for i in range(b.data.shape[1])] + ["target"])
+    np.savetxt(tmp_path / "cancer.csv", np.column_stack([b.data, b.target]), delimiter=",", header=header,
+               comments="", fmt=["%.6g"] * b.data.shape[1] + ["%d"])
+    table = train({"name": "t", "data": {"name": "csv", "path": str(tmp_path / "cancer.csv"), "target": "target",
+                                         "labels_per_class": 5, "unlabelled": True, "val_fraction": 0.0,
+                                         "batch_size": 4},
+                   "model": {"name": "mlp", "hidden": [16]}, "task": {"name": "semi_supervised"}, "trainer": short},
+                  run_dir=tmp_path / "semi-table")
+    assert table.summary["steps"] == 4
+
+    g = np.random.default_rng(0)
+    y = g.integers(0, 2, 300)
+    x = (g.normal(size=(300, 2, 16)) + y[:, None, None]).astype(np.float32)  # (N, channels, time)
+    y_semi = np.where(np.arange(300) < 40, y, -1)
+    run = strata.fit(nn.Sequential(nn.Flatten(), nn.Linear(32, 2)), (x, y_semi), task="semi_supervised", epochs=1,
+                     batch_size=4, verbose=0, run_dir=tmp_path / "semi-seq")
+    assert run.task.info["unlabelled"]["unlabelled"] == 259  # 260 unlabelled, grouped 7 to an item
