@@ -1,15 +1,17 @@
 """Learning from unlabelled images, measured: test accuracy with 100 labels (10 per class) on MNIST or
 Fashion-MNIST, over several draws of the labelled images, for
 
-- scratch:    the classifier trained on the 100 labelled images alone (shift augmentation);
+- scratch:    the SimCLR runs' classifier trained on the 100 labelled images alone (shift augmentation);
+- scratch-semi: the semi-supervised recipe's network (its cnn) trained the same way on the 100 alone;
 - semi:       FixMatch on the 100 labelled images + the other training images without their labels
               (recipes/mnist-semi-100labels.toml);
 - simclr-ft:  the SimCLR encoder (recipes/mnist-simclr.toml, pretrained on the training images, labels
               unused) fine-tuned on the 100 labelled images (recipes/mnist-simclr-100labels.toml);
 - simclr-probe: a linear classifier on the frozen SimCLR features, the same 100 labels.
 
-Every classifier is the same network (the cnn of the recipes: two conv stages of 16 and 32 channels,
-128 features, a linear head); scratch and simclr-ft share the fine-tuning recipe. A draw is
+The networks: two conv stages of 16 and 32 channels, then a linear head on the 1,568 conv features
+(scratch, simclr-ft, simclr-probe) or a 128-wide dense layer and a linear head (scratch-semi, semi);
+scratch, scratch-semi and simclr-ft share the fine-tuning recipe (recipes/mnist-simclr-100labels.toml). A draw is
 `data.split_seed`: which 10 images of every class keep their labels. The test set is the official one.
 Finished runs are kept under --runs and reused, so a killed benchmark resumes where it stopped.
 
@@ -36,6 +38,9 @@ def recipe(name: str, data: str, tag: str, overrides: dict) -> dict:
     cfg["name"] = f"{data}-{tag}"
     cfg["data"]["name"] = data
     for key, value in overrides.items():
+        if "." not in key:  # a whole section
+            cfg[key] = value
+            continue
         section, field = key.split(".")
         cfg[section][field] = value
     return cfg
@@ -56,8 +61,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--draw", type=int, action="append", help="only this draw (repeatable): to run draws in parallel")
     ap.add_argument("--pretrained-run", type=Path, help="a finished contrastive run; default: train one")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "unlabelled-100labels")
-    ap.add_argument("--only", nargs="+", choices=["scratch", "semi", "simclr-ft", "simclr-probe"],
-                    default=["scratch", "semi", "simclr-ft", "simclr-probe"])
+    ap.add_argument("--only", nargs="+", choices=["scratch", "scratch-semi", "semi", "simclr-ft", "simclr-probe"],
+                    default=["scratch", "scratch-semi", "semi", "simclr-ft", "simclr-probe"])
     ap.add_argument("--quick", action="store_true", help="a smoke run: a few hundred steps each")
     args = ap.parse_args(argv)
     runs = args.runs / args.data
@@ -71,6 +76,8 @@ def main(argv=None) -> dict:
 
     methods = {
         "scratch": ("mnist-simclr-100labels.toml", {"model.pretrained": False}),
+        "scratch-semi": ("mnist-simclr-100labels.toml",
+                         {"model": load_config(RECIPES / "mnist-semi-100labels.toml").to_dict()["model"]}),
         "semi": ("mnist-semi-100labels.toml", {}),
         "simclr-ft": ("mnist-simclr-100labels.toml", {}),
         "simclr-probe": ("mnist-simclr-100labels.toml", {"model.freeze_encoder": True}),
@@ -81,7 +88,7 @@ def main(argv=None) -> dict:
         for m in args.only:
             name, over = methods[m]
             over = {**over, **quick, "data.split_seed": draw}
-            if name == "mnist-simclr-100labels.toml":
+            if name == "mnist-simclr-100labels.toml" and "model" not in over:
                 over["model.init_from"] = str(pre)
             s = run(recipe(name, args.data, f"{m}-draw{draw}", over), runs / f"{m}-draw{draw}")
             acc[m].append(s["test/acc"])
