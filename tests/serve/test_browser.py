@@ -263,6 +263,7 @@ def test_an_image_can_be_dropped_or_pasted_and_oversized_files_are_refused(brows
     buf = io.BytesIO()
     Image.new("L", (28, 28), 90).save(buf, format="PNG")
     png = base64.b64encode(buf.getvalue()).decode()
+    page.wait_for_selector("#drop-zone")  # the panel is built once /info has answered
     for how in ("drop", "paste"):
         page.evaluate(DROP_OR_PASTE, [how, png, f"{how}.png", "image/png"])
         page.wait_for_function("n => document.querySelectorAll('[data-testid=prob-bar]').length === 3")
