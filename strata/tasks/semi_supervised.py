@@ -87,9 +87,6 @@ class SemiSupervised(Classify):
     def net(self) -> torch.nn.Module:
         return self.ema if self.cfg.ema_decay else self.model
 
-    def eval_module(self):
-        return self
-
     def training_step(self, batch):
         x, y, u = batch["x"], batch["y"], batch.get("u")
         if u is None:
