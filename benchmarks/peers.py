@@ -10,12 +10,22 @@ same initial weights (Keras through keras.layers.TorchModuleWrapper).
 
 What each is set to (each one's ordinary `fit`, with the display and files a run leaves turned off where
 the framework allows it):
-- plain: shuffled index batches of the tensors, forward, cross-entropy, zero_grad, backward, step.
+- plain: shuffled index batches of the tensors, forward, cross-entropy, zero_grad, backward, step, with
+  torch's AdamW as a person writes it (`AdamW(model.parameters(), ...)`: every tensor decayed, and on a
+  CPU torch's per-tensor implementation).
+- plain-same-opt: the same loop with the optimiser strata builds from the same settings (torch's fused
+  AdamW kernel; biases and norm gains not decayed). Between it and strata lies only the framework:
+  strata's overhead is its mean step minus this loop's.
 - strata: `strata.fit(model, (x, y), val_split=0, verbose=0)`: no progress display; it still writes its
   run folder (config, metrics.jsonl and metrics.csv, and the final checkpoint).
 - Lightning: `Trainer(enable_progress_bar=False, logger=False, enable_checkpointing=False,
   enable_model_summary=False)` on a DataLoader of a TensorDataset (batch 128, shuffled).
 - Keras: `model.fit(x, y, batch_size=128, epochs=1, verbose=0, shuffle=True)` on NumPy arrays.
+
+The plain loops and strata time-stamp every step (one list append; strata's through a callback), so
+their mean step from the first to the last is measured too, free of a run's fixed costs (set-up, the run
+folder) and of its first step; the median over rounds is the figure. The peers' own batch hooks would add
+work of their own (Keras converts its logs each batch), so they are timed whole.
 
 `--cold` adds the first epoch of a new process (what every `strata train` is) for plain and strata:
 each in its own fresh interpreter, alternating, with its wall time and minor page faults.
@@ -84,10 +94,8 @@ def timed(fn):
     return run
 
 
-@timed
-def plain(model: nn.Module, x, y, seed: int) -> None:
+def plain_loop(model: nn.Module, x, y, seed: int, opt: torch.optim.Optimizer, stamps: list | None) -> None:
     torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
     model.train()
     perm = torch.randperm(len(x))
     for i in range(0, len(x), BATCH):
@@ -96,19 +104,43 @@ def plain(model: nn.Module, x, y, seed: int) -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if stamps is not None:
+            stamps.append(time.perf_counter())
 
 
 @timed
-def strata_fit(model: nn.Module, x, y, seed: int) -> None:
+def plain(model: nn.Module, x, y, seed: int, stamps: list | None = None) -> None:
+    """The loop a person writes, with torch's defaults: AdamW over model.parameters()."""
+    plain_loop(model, x, y, seed, torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD), stamps)
+
+
+@timed
+def plain_same_opt(model: nn.Module, x, y, seed: int, stamps: list | None = None) -> None:
+    """The same loop with the optimiser strata builds from the same settings (torch's fused AdamW kernel,
+    biases and norm gains not decayed): what is left between it and strata is the framework."""
+    from strata.config import OptimizerConfig
+    from strata.train.optim import build_optimizer
+
+    plain_loop(model, x, y, seed, build_optimizer(model.parameters(), OptimizerConfig("adamw", lr=LR, weight_decay=WD)),
+               stamps)
+
+
+@timed
+def strata_fit(model: nn.Module, x, y, seed: int, stamps: list | None = None) -> None:
     import strata
+
+    class Stamp(strata.Callback):
+        def on_batch_end(self, trainer, step, loss):
+            stamps.append(time.perf_counter())
 
     with tempfile.TemporaryDirectory() as tmp:
         strata.fit(model, (x, y), epochs=1, batch_size=BATCH, lr=LR, weight_decay=WD, val_split=0, seed=seed,
-                   run_dir=Path(tmp) / "run", device="cpu", verbose=0)
+                   run_dir=Path(tmp) / "run", device="cpu", verbose=0,
+                   callbacks=[Stamp()] if stamps is not None else ())
 
 
 @timed
-def lightning(model: nn.Module, x, y, seed: int) -> None:
+def lightning(model: nn.Module, x, y, seed: int, stamps: None = None) -> None:
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -131,7 +163,7 @@ def lightning(model: nn.Module, x, y, seed: int) -> None:
 
 
 @timed
-def keras_fit(model: nn.Module, x, y, seed: int) -> None:
+def keras_fit(model: nn.Module, x, y, seed: int, stamps: None = None) -> None:
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -142,7 +174,11 @@ def keras_fit(model: nn.Module, x, y, seed: int) -> None:
     net.fit(x.numpy(), y.numpy(), batch_size=BATCH, epochs=1, verbose=0, shuffle=True)
 
 
-FRAMEWORKS = {"plain": plain, "strata": strata_fit, "lightning": lightning, "keras": keras_fit}
+FRAMEWORKS = {"plain": plain, "plain-same-opt": plain_same_opt, "strata": strata_fit, "lightning": lightning,
+              "keras": keras_fit}
+# Those whose every step is time-stamped (one list append after each optimiser step: the peers' own batch
+# hooks would add work of their own, such as Keras converting its logs each batch, so they are timed whole).
+STAMPED = ("plain", "plain-same-opt", "strata")
 
 
 def quiet_peers() -> None:
@@ -169,8 +205,9 @@ def available(names: list[str]) -> list[str]:
     return out
 
 
-def compare(model_name: str, x, y, names: list[str], rounds: int, short: int) -> dict[str, dict[str, float]]:
-    """Median seconds of a run of len(x) examples and of its first `short` batches, per framework."""
+def compare(model_name: str, x, y, names: list[str], rounds: int, short: int):
+    """Median seconds of a run of len(x) examples and of its first `short` batches, per framework; and,
+    for the time-stamped ones, the median over rounds of a full run's mean step."""
     torch.manual_seed(0)
     initial = MODELS[model_name]()
     fresh = lambda: copy.deepcopy(initial)  # noqa: E731  the same initial weights for every framework
@@ -178,18 +215,26 @@ def compare(model_name: str, x, y, names: list[str], rounds: int, short: int) ->
     for name in names:  # warm-up: imports, kernels, the allocator
         FRAMEWORKS[name](fresh(), xs, ys, 0)
     times: dict[str, dict[str, list[float]]] = {n: {"full": [], "short": []} for n in names}
+    steps: dict[str, list[float]] = {n: [] for n in names if n in STAMPED}
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]  # alternate, so drift in the machine's speed cancels
         for name in order:
-            times[name]["full"].append(FRAMEWORKS[name](fresh(), x, y, r))
+            stamps = [] if name in steps else None
+            times[name]["full"].append(FRAMEWORKS[name](fresh(), x, y, r, stamps))
             times[name]["short"].append(FRAMEWORKS[name](fresh(), xs, ys, r))
+            if stamps:  # the mean step of the run, its first step (warm-up) left out
+                steps[name].append((stamps[-1] - stamps[1]) / (len(stamps) - 2))
         print(f"  round {r + 1}: " + "  ".join(f"{n} {times[n]['full'][-1]:.3f}s" for n in names), flush=True)
-    return {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
+    medians = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
+    return medians, {n: statistics.median(v) for n, v in steps.items()}
 
 
-def report(model_name: str, medians: dict[str, dict[str, float]], steps: int, short: int, params: int) -> list[dict]:
+def report(model_name: str, medians: dict[str, dict[str, float]], step_medians: dict[str, float], steps: int,
+           short: int, params: int) -> list[dict]:
     """Ratio of whole runs; per-step cost as the slope between the short and the full run (so a run's
-    fixed costs, such as writing its folder, do not count per step), and those fixed costs."""
+    fixed costs, such as writing its folder, do not count per step), and those fixed costs. For the
+    time-stamped loops also the mean step between the first and the last (the median of the rounds), and
+    strata's own cost a step over the plain loop with the same optimiser: the framework's overhead."""
     def per_step(m):
         return (m["full"] - m["short"]) / (steps - short)
 
@@ -199,11 +244,20 @@ def report(model_name: str, medians: dict[str, dict[str, float]], steps: int, sh
     for name, m in medians.items():
         over = (per_step(m) - per_step(base)) * 1e6
         fixed = m["full"] - per_step(m) * steps
-        rows.append({"model": model_name, "framework": name, "seconds": round(m["full"], 4),
-                     "ratio": round(m["full"] / base["full"], 3), "us_per_step": round(per_step(m) * 1e6, 1),
-                     "overhead_us_per_step": round(over, 1), "fixed_seconds": round(fixed, 3)})
-        print(f"  {name:<10} {m['full']:7.3f} s  ratio {m['full'] / base['full']:5.3f}  {per_step(m) * 1e6:8.1f} us/step "
-              f"(overhead {over:+7.1f})  fixed {fixed:+.3f} s")
+        row = {"model": model_name, "framework": name, "seconds": round(m["full"], 4),
+               "ratio": round(m["full"] / base["full"], 3), "us_per_step": round(per_step(m) * 1e6, 1),
+               "overhead_us_per_step": round(over, 1), "fixed_seconds": round(fixed, 3)}
+        line = (f"  {name:<15} {m['full']:7.3f} s  ratio {m['full'] / base['full']:5.3f}  {per_step(m) * 1e6:8.1f} "
+                f"us/step (overhead {over:+7.1f})  fixed {fixed:+.3f} s")
+        if name in step_medians:
+            row["mean_step_us"] = round(step_medians[name] * 1e6, 1)
+            line += f"  mean step {step_medians[name] * 1e6:8.1f} us"
+        rows.append(row)
+        print(line)
+    if "strata" in step_medians and "plain-same-opt" in step_medians:
+        frame = (step_medians["strata"] - step_medians["plain-same-opt"]) * 1e6
+        rows.append({"model": model_name, "framework": "strata", "framework_overhead_us": round(frame, 1)})
+        print(f"  strata's framework overhead (mean step against plain-same-opt): {frame:+.1f} us a step")
     return rows
 
 
@@ -250,7 +304,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--out", type=Path, help="write the rows as JSON")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    names = available(["plain"] + [n for n in a.frameworks if n != "plain"])
+    names = available(["plain"] + [n for n in a.frameworks if n != "plain"])  # plain: the ratios' base
     quiet_peers()
     x, y = mnist(a.steps * BATCH)
     versions = {"torch": torch.__version__, "numpy": np.__version__}
@@ -263,7 +317,7 @@ def main(argv=None) -> list[dict]:
     for m in a.models:
         params = sum(p.numel() for p in MODELS[m]().parameters())
         short = max(a.steps // 5, 2)
-        rows += report(m, compare(m, x, y, names, a.rounds, short), a.steps, short, params)
+        rows += report(m, *compare(m, x, y, names, a.rounds, short), a.steps, short, params)
     if a.cold:
         rows += cold(a.steps * BATCH, a.rounds)
     if a.out:

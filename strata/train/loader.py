@@ -65,7 +65,7 @@ class EpochSampler(Sampler):
         """(batch index, example indices) of epoch `epoch` from batch `start` on."""
         order = self.order(epoch)
         for i in range(start, self.num_batches):
-            if self.shuffle:
+            if self.shuffle and self.world > 1:
                 glob = order[i * self.global_batch:(i + 1) * self.global_batch]
                 per = math.ceil(len(glob) / self.world)
                 idx = glob[self.rank * per:(self.rank + 1) * per]

@@ -142,9 +142,14 @@ class Strategy:
             _replace(task, name, unit.module)
         self.units = []
 
-    @contextlib.contextmanager
-    def phase(self, optimizer: str, boundary: bool) -> Iterator[None]:
+    def phase(self, optimizer: str, boundary: bool) -> contextlib.AbstractContextManager:
         """Around one optimiser phase (its forward code and its backward pass)."""
+        if not self.units:  # one process: nothing to hold back, at no cost per step
+            return contextlib.nullcontext()
+        return self._no_sync(optimizer, boundary)
+
+    @contextlib.contextmanager
+    def _no_sync(self, optimizer: str, boundary: bool) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
             for _, unit, opt in self.units:
                 if not (boundary and opt == optimizer):

@@ -367,8 +367,13 @@ class Trainer:
         # only the units of its optimiser reduce gradients, and only on an accumulation boundary.
         with self.strategy.phase(self.phase_names[0], boundary), self.autocast():
             out = self.task.training_step(batch)
-        if isinstance(out, torch.Tensor):
-            out = (Loss(self.phase_names[0], out),)
+        if isinstance(out, torch.Tensor):  # one loss for the first optimiser: the common case, kept short
+            loss = Loss(self.phase_names[0], out)
+            with self.strategy.phase(loss.optimizer, boundary):
+                self._phase(loss, boundary)
+            if boundary:
+                self.precision.update()
+            return loss
         it = iter(out)
         for k, expected in enumerate(self.phase_names):
             with self.strategy.phase(expected, boundary):

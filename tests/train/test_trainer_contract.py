@@ -314,3 +314,49 @@ def test_reduce_on_plateau_lowers_lr(tmp_path):
     lrs = [json.loads(line).get("lr") for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     lrs = [lr for lr in lrs if lr is not None]
     assert min(lrs) < 0.3
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_fused_optimiser_takes_the_same_steps_as_torchs_default(name):
+    """build_optimizer picks torch's fused kernel for plain CPU tensors: the same update as torch's own
+    per-tensor implementation (biases undecayed in both), to float rounding, over 50 steps."""
+    from strata.config import OptimizerConfig
+    from strata.train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    b = copy.deepcopy(a)
+    cfg = OptimizerConfig(name, lr=0.05, weight_decay=0.1, momentum=0.9)
+    fused = build_optimizer(a.parameters(), cfg)
+    assert all(g["fused"] for g in fused.param_groups)
+    groups = [{"params": [p for p in b.parameters() if p.ndim >= 2], "weight_decay": 0.1},
+              {"params": [p for p in b.parameters() if p.ndim < 2], "weight_decay": 0.0}]
+    reference = {"sgd": lambda: torch.optim.SGD(groups, lr=0.05, momentum=0.9, foreach=False),
+                 "adam": lambda: torch.optim.Adam(groups, lr=0.05, foreach=False),
+                 "adamw": lambda: torch.optim.AdamW(groups, lr=0.05, foreach=False)}[name]()
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    before = a[0].weight.detach().clone()
+    for model, opt in ((a, fused), (b, reference)):
+        for _ in range(50):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    assert (a[0].weight - before).abs().max() > 0.1  # they did train
+
+
+def test_constant_schedule_without_warmup_steps_nothing_and_resumes():
+    from strata.config import ScheduleConfig
+    from strata.train.optim import build_schedule
+
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.5)
+    sched = build_schedule(opt, ScheduleConfig(name="constant"), 100, 10, "min")
+    assert sched.sched is None  # no LambdaLR stepping a factor of 1 after every optimiser step
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    sched.epoch_end()
+    sched.load_state_dict(sched.state_dict())
+    assert opt.param_groups[0]["lr"] == 0.5
