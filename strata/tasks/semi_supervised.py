@@ -12,6 +12,14 @@ first multiplied by (class frequencies of the labelled examples) / (running mean
 predictions on unlabelled ones) and renormalised, so a class the model over-predicts early (a 7 taken
 for a 2) cannot feed itself pseudo-labels.
 
+With `adaptive_threshold` the fixed `threshold` gives way to FreeMatch's self-adaptive ones (Wang et al.,
+"FreeMatch: Self-adaptive Thresholding for Semi-supervised Learning", ICLR 2023): a global threshold that
+follows the running mean of the model's confidence (from 1 / classes at the start, so the first
+pseudo-labels come from a model that is still unsure, not from the few classes it learns first), scaled
+per class by the running mean of that class's probability over its largest:
+
+    tau_c = mean(max p) * mean(p_c) / max_k mean(p_k)     (running means over ~1,000 batches)
+
 Pseudo-labels come from the model itself (the paper) or, with `ema_decay > 0`, from an exponential
 moving average of its weights (a "mean teacher", Tarvainen & Valpola 2017), which then also
 validates, predicts and exports. Views are made on the device (strata/tasks/augment.py).
@@ -50,6 +58,7 @@ class SemiSupervisedConfig(AugmentConfig):
     unlabelled_weight: float = 1.0  # lambda_u
     unlabelled_warmup: int = 0  # optimiser steps over which lambda_u rises linearly from 0 (0: at once)
     distribution_alignment: bool = True  # rescale pseudo-label probabilities towards the labelled class frequencies
+    adaptive_threshold: bool = False  # FreeMatch's self-adaptive per-class thresholds instead of `threshold`
     ema_decay: float = 0.0  # > 0: pseudo-labels, validation and predictions from an EMA of the weights
     top_k: int = 3  # classes listed by predict
 
@@ -79,6 +88,9 @@ class SemiSupervised(Classify):
         self.register_buffer("labelled_freq", torch.full((k,), 1.0 / k))
         self.register_buffer("predicted_freq", torch.full((k,), 1.0 / k))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))  # optimiser steps so far
+        if cfg.adaptive_threshold:  # FreeMatch: running means of the confidence and of each class's probability
+            self.register_buffer("mean_confidence", torch.full((), 1.0 / k))
+            self.register_buffer("class_confidence", torch.full((k,), 1.0 / k))
         if cfg.ema_decay:
             # a child module, so every checkpoint carries it
             self.ema = ema_copy(self.model)
@@ -99,7 +111,9 @@ class SemiSupervised(Classify):
             if self.cfg.distribution_alignment:
                 probs = self.align(probs, y)
             confidence, pseudo = probs.max(-1)
-            keep = (confidence >= self.cfg.threshold).float()
+            threshold = self.thresholds(probs, confidence)[pseudo] if self.cfg.adaptive_threshold \
+                else self.cfg.threshold
+            keep = (confidence >= threshold).float()
         logits = self.model(torch.cat([weak_view(x, self.cfg), strong_view(u, self.cfg)]))
         supervised = F.cross_entropy(logits[: len(x)], y)
         consistency = (F.cross_entropy(logits[len(x):], pseudo, reduction="none") * keep).mean()
@@ -117,6 +131,12 @@ class SemiSupervised(Classify):
         self.predicted_freq.mul_(momentum).add_(probs.mean(0), alpha=1 - momentum)
         aligned = probs * (self.labelled_freq / self.predicted_freq.clamp_min(1e-6))
         return aligned / aligned.sum(-1, keepdim=True)
+
+    def thresholds(self, probs: torch.Tensor, confidence: torch.Tensor, momentum: float = 0.999) -> torch.Tensor:
+        """FreeMatch's per-class thresholds (k,), after updating the running means with this batch."""
+        self.mean_confidence.mul_(momentum).add_(confidence.mean(), alpha=1 - momentum)
+        self.class_confidence.mul_(momentum).add_(probs.mean(0), alpha=1 - momentum)
+        return self.mean_confidence * self.class_confidence / self.class_confidence.max()
 
     def after_optimizer_step(self, name: str) -> None:
         self.updates += 1

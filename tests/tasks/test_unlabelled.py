@@ -262,3 +262,21 @@ def test_both_tasks_work_on_an_image_folder_a_csv_table_and_sequences(tmp_path):
     run = strata.fit(nn.Sequential(nn.Flatten(), nn.Linear(32, 2)), (x, y_semi), task="semi_supervised", epochs=1,
                      batch_size=4, verbose=0, run_dir=tmp_path / "semi-seq")
     assert run.task.info["unlabelled"]["unlabelled"] == 259  # 260 unlabelled, grouped 7 to an item
+
+
+def test_adaptive_thresholds_start_low_and_follow_the_models_confidence():
+    """FreeMatch's thresholds: 1 / classes before any batch, rising with confident predictions, and lower for a
+    class the model predicts less often (scaled by its mean probability over the largest)."""
+    from types import SimpleNamespace
+
+    from strata.tasks.semi_supervised import SemiSupervised
+
+    state = SimpleNamespace(mean_confidence=torch.full((), 0.25), class_confidence=torch.full((4,), 0.25))
+    probs = torch.tensor([[0.97, 0.01, 0.01, 0.01]] * 6 + [[0.01, 0.97, 0.01, 0.01]] * 2)
+    first = SemiSupervised.thresholds(state, probs, probs.max(-1).values, momentum=0.5)
+    assert first[0] == pytest.approx((0.25 + 0.97) / 2)  # the running mean of the confidence, for the top class
+    assert first[0] > first[1] > first[2] == first[3]  # a class predicted less often gets a lower threshold
+    for _ in range(20):
+        last = SemiSupervised.thresholds(state, probs, probs.max(-1).values, momentum=0.5)
+    assert last[0] == pytest.approx(0.97, abs=1e-4)
+    assert last[1] == pytest.approx(0.97 * (2 * 0.97 + 6 * 0.01) / (6 * 0.97 + 2 * 0.01), abs=1e-3)
