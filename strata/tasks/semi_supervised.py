@@ -54,11 +54,11 @@ from strata.tasks.classify import Classify
 @dataclass(frozen=True)
 class SemiSupervisedConfig(AugmentConfig):
     num_classes: int = 10  # from the data set
-    threshold: float = 0.95  # confidence a weak-view prediction needs to become a pseudo-label
+    threshold: float = 0.95  # confidence a weak-view prediction needs to become a pseudo-label (fixed thresholds)
     unlabelled_weight: float = 1.0  # lambda_u
     unlabelled_warmup: int = 0  # optimiser steps over which lambda_u rises linearly from 0 (0: at once)
     distribution_alignment: bool = True  # rescale pseudo-label probabilities towards the labelled class frequencies
-    adaptive_threshold: bool = False  # FreeMatch's self-adaptive per-class thresholds instead of `threshold`
+    adaptive_threshold: bool = False  # FreeMatch's self-adaptive per-class thresholds; `threshold` is then unused
     ema_decay: float = 0.0  # > 0: pseudo-labels, validation and predictions from an EMA of the weights
     top_k: int = 3  # classes listed by predict
 
