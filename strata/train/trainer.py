@@ -54,34 +54,6 @@ def default_run_dir(name: str) -> Path:
     return Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-class LossSum:
-    """The training losses of the steps since the last log, summed on the device without a tensor
-    operation every step: each step's loss is kept and they are added FOLD at a time (one stack and
-    sum); reading the mean is one host sync."""
-
-    FOLD = 64
-
-    def __init__(self, device: torch.device):
-        self.total = torch.zeros((), device=device)
-        self.kept: list[torch.Tensor] = []
-        self.n = 0
-
-    def add(self, loss: torch.Tensor) -> None:
-        self.kept.append(loss)
-        self.n += 1
-        if len(self.kept) >= self.FOLD:
-            self._fold()
-
-    def _fold(self) -> None:
-        if self.kept:
-            self.total += torch.stack([v.float() for v in self.kept]).sum()
-            self.kept = []
-
-    def mean(self) -> float:
-        self._fold()
-        return float(self.total) / max(1, self.n)
-
-
 class Trainer:
     """fit() trains a run config's task into a run folder. `callbacks` (strata.train.Callback) are
     called after the built-in ones; `bundle` replaces the data the config names."""
@@ -395,13 +367,8 @@ class Trainer:
         # only the units of its optimiser reduce gradients, and only on an accumulation boundary.
         with self.strategy.phase(self.phase_names[0], boundary), self.autocast():
             out = self.task.training_step(batch)
-        if isinstance(out, torch.Tensor):  # one loss for the first optimiser: the common case, kept short
-            loss = Loss(self.phase_names[0], out)
-            with self.strategy.phase(loss.optimizer, boundary):
-                self._phase(loss, boundary)
-            if boundary:
-                self.precision.update()
-            return loss
+        if isinstance(out, torch.Tensor):
+            out = (Loss(self.phase_names[0], out),)
         it = iter(out)
         for k, expected in enumerate(self.phase_names):
             with self.strategy.phase(expected, boundary):
@@ -483,8 +450,9 @@ class Trainer:
         self.task.train()
         epoch_start = time.perf_counter()
         total = len(self.train_batches)
-        losses = LossSum(self.device)
+        loss_sum = torch.zeros((), device=self.device)
         self._logs_sum: dict[str, torch.Tensor] = {}  # a task's extra per-step figures (Loss.logs)
+        n_logged = 0
         samples = 0
         self.progress.start_epoch(self.epoch + 1, total)
         val_every = t.val_every_n_steps
@@ -493,7 +461,8 @@ class Trainer:
             loss = self._train_step(batch, boundary).value.detach()
             self.guard.record(self, self.step + 1, loss)
             if not self.guard.skips or bool(torch.isfinite(loss)):  # a skipped batch is left out of train/loss
-                losses.add(loss)
+                loss_sum += loss.float()
+                n_logged += 1
             samples += self.cfg.data.batch_size
             self.batch_in_epoch = i + 1
             if not boundary:
@@ -503,13 +472,14 @@ class Trainer:
             if not self.dist.enabled or self.step % STOP_CHECK_EVERY == 0:
                 self._agree_on_stop()
             self.progress.update(self.epoch + 1, i + 1, total, self.step,
-                                 lambda: {"loss": losses.mean()}, samples)
+                                 lambda: {"loss": float(loss_sum) / max(1, n_logged)}, samples)
             if self.stopping:
                 return
             if val_every and self.step % val_every == 0 and i + 1 < total:
                 self.guard.check(self)
-                self.log("train", loss=losses.mean(), lr=self._lr(), **self._mean_logs(losses.n))
-                losses = LossSum(self.device)
+                self.log("train", loss=float(loss_sum) / n_logged, lr=self._lr(), **self._mean_logs(n_logged))
+                loss_sum.zero_()
+                n_logged = 0
                 self._validate()
                 if self.stopping:
                     return
@@ -525,9 +495,9 @@ class Trainer:
         for s in self.schedules.values():
             s.epoch_end()
         metrics = {}
-        if losses.n:  # nothing since a mid-epoch validation: no new training loss to report
-            metrics["train/loss"] = losses.mean()
-            self.log("train", loss=metrics["train/loss"], lr=self._lr(), **self._mean_logs(losses.n))
+        if n_logged:  # nothing since a mid-epoch validation: no new training loss to report
+            metrics["train/loss"] = float(loss_sum) / n_logged
+            self.log("train", loss=metrics["train/loss"], lr=self._lr(), **self._mean_logs(n_logged))
         metrics.update(self._validate())
         self.progress.end_epoch(self.epoch, {**metrics, "lr": self._lr()}, time.perf_counter() - epoch_start)
         self._call("on_epoch_end", metrics)
