@@ -294,3 +294,56 @@ def test_adaptive_thresholds_beat_the_labels_alone_and_are_checkpointed(semi_run
     task = load_run(tmp_path / "adaptive", which="last").task
     assert 0.1 < float(task.mean_confidence) < 1.0
     assert task.class_confidence.shape == (10,) and abs(float(task.class_confidence.sum()) - 1.0) < 1e-3
+
+
+def test_projection_layers_start_from_the_hidden_layer_of_the_projection_head(simclr_run):
+    from strata.api import load_run
+    from strata.models import build_model
+
+    simclr = load_run(simclr_run.run_dir).task.model.eval()
+    model = build_model("encoder_classifier", {"init_from": str(simclr_run.run_dir), "projection_layers": 1},
+                        in_shape=(1, 8, 8), num_classes=10).eval()
+    assert model.encoder.out_features == 64  # the run's projection_hidden
+    x = torch.rand(5, 1, 8, 8)
+    with torch.no_grad():
+        hidden = torch.relu(simclr.projector[0](simclr.encoder(x)))
+        assert torch.allclose(model.encoder(x), hidden, atol=1e-6)
+    with pytest.raises(StrataError, match="has 1 hidden layer\\(s\\), so at most 1 can be kept; got 2"):
+        build_model("encoder_classifier", {"init_from": str(simclr_run.run_dir), "projection_layers": 2},
+                    in_shape=(1, 8, 8), num_classes=10)
+    with pytest.raises(ConfigError, match="needs init_from"):
+        build_model("encoder_classifier", {"encoder": "autoencoder", "projection_layers": 1}, in_shape=(1, 8, 8),
+                    num_classes=10)
+
+
+def test_probe_steps_train_the_head_alone_first_then_every_layer(simclr_run, tmp_path):
+    """LP-FT: for the first probe_steps batches the pretrained encoder (weights and BatchNorm statistics)
+    stays exactly as pretrained while the head learns; then the encoder learns too; the count of batches
+    is in the checkpoint, so a resumed run unfreezes on time."""
+    from strata.api import load_run, train
+    from strata.models import build_model
+
+    def model_of(run_dir):
+        return load_run(run_dir, which="last").task.model
+
+    def encoder_state(run_dir):
+        return {k: v.clone() for k, v in model_of(run_dir).encoder.state_dict().items()}
+
+    def run(name, steps, **model):
+        cfg = probe_config(simclr_run.run_dir, projection_layers=1, **model)
+        cfg["trainer"] = {**cfg["trainer"], "max_steps": steps}
+        return train(cfg, run_dir=tmp_path / name)
+
+    torch.manual_seed(0)  # the trainer's seed: the head starts from the same random weights
+    fresh = build_model("encoder_classifier", {"init_from": str(simclr_run.run_dir), "projection_layers": 1,
+                                               "probe_steps": 10}, in_shape=(1, 8, 8), num_classes=10)
+    pretrained = {k: v.clone() for k, v in fresh.encoder.state_dict().items()}
+    probed = run("probed", 10, probe_steps=10)
+    after = encoder_state(probed.run_dir)
+    assert all(torch.equal(pretrained[k], after[k]) for k in pretrained)  # BatchNorm's running stats too
+    assert int(model_of(probed.run_dir).batches_seen) == 10
+    assert not torch.equal(model_of(probed.run_dir).head[-1].weight, fresh.head[-1].weight)
+    tuned = encoder_state(run("tuned", 15, probe_steps=10).run_dir)
+    assert not all(torch.equal(pretrained[k], tuned[k]) for k in pretrained)
+    with pytest.raises(ConfigError, match="give one of the two"):
+        run("both", 5, probe_steps=10, freeze_encoder=True)
