@@ -1,17 +1,20 @@
 """Learning from unlabelled images, measured: test accuracy with 100 labels (10 per class) on MNIST or
 Fashion-MNIST, over several draws of the labelled images, for
 
-- scratch:    the SimCLR runs' classifier trained on the 100 labelled images alone (shift augmentation);
+- scratch:    the SimCLR fine-tuning network from random weights, trained on the 100 labelled images
+              alone, every layer from the first step (shift augmentation);
 - scratch-semi: the semi-supervised recipe's network (its cnn) trained the same way on the 100 alone;
 - semi:       FixMatch on the 100 labelled images + the other training images without their labels
               (recipes/mnist-semi-100labels.toml);
-- simclr-ft:  the SimCLR encoder (recipes/mnist-simclr.toml, pretrained on the training images, labels
-              unused) fine-tuned on the 100 labelled images (recipes/mnist-simclr-100labels.toml);
-- simclr-probe: a linear classifier on the frozen SimCLR features, the same 100 labels.
+- simclr-ft:  the SimCLR encoder and the hidden layer of its projection head (recipes/mnist-simclr.toml,
+              pretrained on the training images, labels unused) fine-tuned on the 100 labelled images,
+              the head alone first (LP-FT, recipes/mnist-simclr-100labels.toml);
+- simclr-probe: a linear classifier on those frozen SimCLR features, the same 100 labels.
 
-The networks: two conv stages of 16 and 32 channels, then a linear head on the 1,568 conv features
-(scratch, simclr-ft, simclr-probe) or a 128-wide dense layer and a linear head (scratch-semi, semi);
-scratch, scratch-semi and simclr-ft share the fine-tuning recipe (recipes/mnist-simclr-100labels.toml). A draw is
+The networks: two conv stages of 32 and 64 channels, a 256-wide layer and a linear head (scratch,
+simclr-ft, simclr-probe: 600 steps), or 16 and 32 channels, a 128-wide dense layer and a linear head
+(scratch-semi: 300 steps, and semi); scratch, scratch-semi and simclr-ft share the fine-tuning recipe
+(recipes/mnist-simclr-100labels.toml). A draw is
 `data.split_seed`: which 10 images of every class keep their labels. The test set is the official one.
 Finished runs are kept under --runs and reused, so a killed benchmark resumes where it stopped.
 
