@@ -21,9 +21,15 @@ def ema_copy(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def ema_update_(shadow: nn.Module, model: nn.Module, decay: float, updates: int) -> None:
-    """One update of `shadow` towards `model` (same architecture); buffers are copied as they are."""
-    d = min(decay, (1 + updates) / (10 + updates))
-    torch._foreach_lerp_(list(shadow.parameters()), [p.detach() for p in model.parameters()], 1 - d)
+def ema_update_(shadow: nn.Module, model: nn.Module, decay: float, updates: int | torch.Tensor) -> None:
+    """One update of `shadow` towards `model` (same architecture); buffers are copied as they are.
+    `updates` may be the task's 0-d count buffer itself: the decay is then worked out on its device,
+    so a GPU run does not wait for the host to read the count at every step."""
+    if isinstance(updates, torch.Tensor):
+        n = updates.to(torch.float32 if updates.device.type == "mps" else torch.float64)
+        weight = 1 - ((1 + n) / (10 + n)).clamp(max=decay)
+    else:
+        weight = 1 - min(decay, (1 + updates) / (10 + updates))
+    torch._foreach_lerp_(list(shadow.parameters()), [p.detach() for p in model.parameters()], weight)
     for b_shadow, b in zip(shadow.buffers(), model.buffers()):
         b_shadow.copy_(b)

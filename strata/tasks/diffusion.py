@@ -144,7 +144,7 @@ class Diffusion(Task):
 
     @torch.no_grad()
     def after_optimizer_step(self, name: str) -> None:
-        ema_update_(self.ema, self.model, self.cfg.ema_decay, int(self.ema_updates))
+        ema_update_(self.ema, self.model, self.cfg.ema_decay, self.ema_updates)
         self.ema_updates += 1
 
     def eval_module(self):

@@ -141,5 +141,5 @@ class SemiSupervised(Classify):
     def after_optimizer_step(self, name: str) -> None:
         self.updates += 1
         if self.cfg.ema_decay:
-            ema_update_(self.ema, self.model, self.cfg.ema_decay, int(self.ema_updates))
+            ema_update_(self.ema, self.model, self.cfg.ema_decay, self.ema_updates)
             self.ema_updates += 1

@@ -26,3 +26,20 @@ def test_update_is_the_warmed_up_moving_average_and_copies_buffers():
         torch.testing.assert_close(p, e)
     torch.testing.assert_close(shadow[1].running_mean, model[1].running_mean)
     assert d == pytest.approx(0.9)  # the warm-up has ended: (1 + 99) / 109 > 0.9
+
+
+def test_a_count_buffer_gives_the_same_average_as_a_python_count():
+    """The tasks pass their 0-d count buffer (no host read a step); the average is bit-identical."""
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3)
+    by_int, by_tensor = ema_copy(model), ema_copy(model)
+    count = torch.zeros((), dtype=torch.long)
+    for n in range(30):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ema_update_(by_int, model, decay=0.95, updates=n)
+        ema_update_(by_tensor, model, decay=0.95, updates=count)
+        count += 1
+    for a, b in zip(by_int.parameters(), by_tensor.parameters()):
+        assert torch.equal(a, b)
