@@ -30,8 +30,17 @@ work of their own (Keras converts its logs each batch), so they are timed whole.
 `--cold` adds the first epoch of a new process (what every `strata train` is) for plain and strata:
 each in its own fresh interpreter, alternating, with its wall time and minor page faults.
 
+`--instructions` counts, instead of timing, the machine instructions of one step of plain-same-opt and
+of strata (valgrind's callgrind, collecting only between step 20 and step 50 of a run; counts repeat
+to the instruction from run to run, where a noisy machine's step times spread by 100 us): strata's
+overhead in instructions a step, and in microseconds at two rates of this machine, measured in the same
+run: the rate of the plain loop's own step (mostly torch kernels) and the rate of a loop of plain Python
+calls, attribute and dict look-ups (the interpreter's work, which the framework's extra code is).
+Needs valgrind (Debian: `apt install valgrind`); a few minutes, mostly torch's import under valgrind.
+
     pip install -e '.[peers]'    # Lightning and Keras: only for this benchmark, never for the tests
     STRATA_DATA_MIRROR=... OMP_NUM_THREADS=1 python benchmarks/peers.py [--rounds 5] [--steps 400] [--cold]
+        [--instructions]
 """
 
 from __future__ import annotations
@@ -294,6 +303,119 @@ def cold(examples: int, rounds: int) -> list[dict]:
             for n, (s, f) in med.items()]
 
 
+COUNT = r"""
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import peers
+torch.set_num_threads(1)
+name, model, first, last = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+
+
+class Window(list):
+    # the loops' per-step time stamp: callgrind collects from the end of step `first` to the end of `last`
+    n = 0
+
+    def append(self, t):
+        self.n += 1
+        if self.n in (first, last):
+            torch._C._valgrind_toggle()
+
+
+x, y = peers.mnist((last + 5) * peers.BATCH)
+torch.manual_seed(0)
+peers.FRAMEWORKS[name](peers.MODELS[model](), x, y, 0, Window())
+"""
+
+PYTHON_WORK = 200_000  # iterations of the calibration loop
+
+
+class _Hooked:
+    def __init__(self):
+        self.step, self.sums = 0, {}
+
+    def record(self, key, value):
+        self.step += 1
+        self.sums[key] = self.sums.get(key, 0) + value
+        return getattr(self, "step") % 7 == 0
+
+
+def python_work() -> None:
+    """Interpreter work of the kind a training loop's own code does: a method call, attribute and dict
+    look-ups and updates, arithmetic."""
+    h = _Hooked()
+    for i in range(PYTHON_WORK):
+        h.record("loss", i)
+
+
+CALIBRATE = r"""
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import peers
+torch._C._valgrind_toggle()
+peers.python_work()
+torch._C._valgrind_toggle()
+"""
+
+
+def callgrind(script: str, *args: str) -> int:
+    """Instructions that `script` collects between its toggles, run under valgrind's callgrind."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run(["valgrind", "--tool=callgrind", "--collect-atstart=no",
+                              f"--callgrind-out-file={tmp}/cg.out", sys.executable, "-c", script,
+                              str(Path(__file__).resolve().parent), *args],
+                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                             timeout=3600)
+        if out.returncode != 0:
+            raise SystemExit(f"callgrind failed:\n{out.stderr[-3000:]}")
+        for line in (Path(tmp) / "cg.out").read_text().splitlines():
+            if line.startswith("totals:") or line.startswith("summary:"):
+                return int(line.split()[1])
+    raise SystemExit("callgrind wrote no totals")
+
+
+def instructions(model: str, x, y, rounds: int) -> list[dict]:
+    """strata's per-step overhead over plain-same-opt in instructions (deterministic), and in us."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not shutil.which("valgrind"):
+        raise SystemExit("--instructions needs valgrind (Debian: apt install valgrind)")
+    first, last = 20, 50
+    with ThreadPoolExecutor(2) as pool:  # the two counts at once: each is one single-threaded process
+        counts = dict(zip(["plain-same-opt", "strata"],
+                          pool.map(lambda n: callgrind(COUNT, n, model, str(first), str(last)),
+                                   ["plain-same-opt", "strata"])))
+    calib = callgrind(CALIBRATE)
+    per_step = {n: c / (last - first) for n, c in counts.items()}
+    # the two rates of this machine, timed here in CPU time of this thread (best of several: least disturbed;
+    # the whole plain run, so its few fixed costs count as steps: that can only raise the estimate in us)
+    python_s = min(_cpu_time(python_work) for _ in range(7))
+    torch.manual_seed(0)
+    initial = MODELS[model]()
+    steps = len(x) // BATCH
+    plain_step = min(_cpu_time(lambda: plain_same_opt(copy.deepcopy(initial), x, y, r)) for r in range(rounds)) / steps
+    python_ns = python_s / calib * 1e9  # ns an instruction
+    plain_ns = plain_step / per_step["plain-same-opt"] * 1e9
+    extra = per_step["strata"] - per_step["plain-same-opt"]
+    print(f"{model}: instructions a step (callgrind, steps {first + 1}-{last}): plain-same-opt "
+          f"{per_step['plain-same-opt']:,.0f}, strata {per_step['strata']:,.0f}: strata's overhead {extra:+,.0f} "
+          f"({extra / per_step['plain-same-opt']:+.1%})")
+    print(f"  at the interpreter's rate ({calib / PYTHON_WORK:,.0f} instructions in {python_s / PYTHON_WORK * 1e9:.0f} ns "
+          f"a calibration iteration, {1 / python_ns:.2f} a ns): {extra * python_ns / 1e3:+.1f} us a step")
+    print(f"  at the plain step's rate ({plain_step * 1e6:.0f} us a step, {1 / plain_ns:.2f} a ns): "
+          f"{extra * plain_ns / 1e3:+.1f} us a step")
+    return [{"model": model, "framework": "strata", "instructions_per_step": round(per_step["strata"]),
+             "plain_instructions_per_step": round(per_step["plain-same-opt"]), "overhead_instructions": round(extra),
+             "overhead_us_python_rate": round(extra * python_ns / 1e3, 1),
+             "overhead_us_plain_rate": round(extra * plain_ns / 1e3, 1)}]
+
+
+def _cpu_time(fn) -> float:
+    t0 = time.thread_time()
+    fn()
+    return time.thread_time() - t0
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
@@ -301,6 +423,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--steps", type=int, default=400, help="optimiser steps per run")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--cold", action="store_true", help="also the first epoch of a new process (plain, strata)")
+    ap.add_argument("--instructions", action="store_true",
+                    help="count instructions a step (valgrind) instead of timing: plain-same-opt and strata")
     ap.add_argument("--out", type=Path, help="write the rows as JSON")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -314,6 +438,10 @@ def main(argv=None) -> list[dict]:
     print(f"{len(x)} MNIST images in memory, batch {BATCH}, {a.steps} steps, {a.rounds} rounds, 1 thread; "
           + ", ".join(f"{k} {v}" for k, v in versions.items()), flush=True)
     rows = []
+    if a.instructions:
+        for m in a.models:
+            rows += instructions(m, x, y, a.rounds)
+        a.models = []
     for m in a.models:
         params = sum(p.numel() for p in MODELS[m]().parameters())
         short = max(a.steps // 5, 2)
