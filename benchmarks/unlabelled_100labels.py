@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tomllib
 from pathlib import Path
 
 from strata.api import train
@@ -67,9 +68,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--only", nargs="+", choices=["scratch", "scratch-semi", "semi", "simclr-ft", "simclr-probe"],
                     default=["scratch", "scratch-semi", "semi", "simclr-ft", "simclr-probe"])
     ap.add_argument("--quick", action="store_true", help="a smoke run: a few hundred steps each")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="an override of the SimCLR fine-tuning recipe (scratch, simclr-ft, simclr-probe), "
+                         "e.g. model.projection_layers=0; a TOML value")
     args = ap.parse_args(argv)
     runs = args.runs / args.data
     quick = {"trainer.max_steps": 60} if args.quick else {}
+    finetune = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if "." not in key or not value:
+            ap.error(f"--set {item}: expected SECTION.KEY=VALUE")
+        finetune[key] = tomllib.loads(f"v = {value}")["v"]
 
     pre = args.pretrained_run
     if pre is None and {"simclr-ft", "simclr-probe"} & set(args.only):
@@ -93,7 +103,7 @@ def main(argv=None) -> dict:
             name, over = methods[m]
             over = {**over, **quick, "data.split_seed": draw}
             if name == "mnist-simclr-100labels.toml" and "model" not in over:
-                over["model.init_from"] = str(pre)
+                over = {**finetune, **over, "model.init_from": str(pre)}
             s = run(recipe(name, args.data, f"{m}-draw{draw}", over), runs / f"{m}-draw{draw}")
             acc[m].append(s["test/acc"])
             row.append(f"{m} {100 * s['test/acc']:.2f} % ({s['wall_time_s']:.0f}s)")
