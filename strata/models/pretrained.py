@@ -153,7 +153,7 @@ class EncoderClassifier(nn.Module):
             self.encoder.requires_grad_(False)
         if cfg.probe_steps:  # training batches seen, kept in checkpoints so that a resumed run unfreezes on time
             self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
-        self._probing = bool(cfg.probe_steps)  # a Python copy of batches_seen < probe_steps: no device sync after it
+        self._seen = 0  # a Python copy of batches_seen, read from it only when a checkpoint is loaded
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -163,16 +163,16 @@ class EncoderClassifier(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._probing = bool(self.cfg.probe_steps)  # read again from the loaded batches_seen
+        if self.cfg.probe_steps:
+            self._seen = int(self.batches_seen)
 
     def _probe_phase(self) -> bool:
         """Whether this training batch is one of the first probe_steps (and count it)."""
-        if not (self.training and self._probing):
+        if not self.training or self._seen >= self.cfg.probe_steps:
             return False
-        self._probing = int(self.batches_seen) < self.cfg.probe_steps
-        if self._probing:
-            self.batches_seen += 1
-        return self._probing
+        self._seen += 1
+        self.batches_seen += 1
+        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._probe_phase():  # the encoder as a fixed feature extractor: no gradient, BatchNorm statistics kept

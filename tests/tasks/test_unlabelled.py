@@ -336,14 +336,19 @@ def test_probe_steps_train_the_head_alone_first_then_every_layer(simclr_run, tmp
 
     torch.manual_seed(0)  # the trainer's seed: the head starts from the same random weights
     fresh = build_model("encoder_classifier", {"init_from": str(simclr_run.run_dir), "projection_layers": 1,
-                                               "probe_steps": 10}, in_shape=(1, 8, 8), num_classes=10)
+                                               "probe_steps": 9}, in_shape=(1, 8, 8), num_classes=10)
     pretrained = {k: v.clone() for k, v in fresh.encoder.state_dict().items()}
-    probed = run("probed", 10, probe_steps=10)
+    probed = run("probed", 9, probe_steps=9)  # 3 epochs of the 30 labelled digits
     after = encoder_state(probed.run_dir)
     assert all(torch.equal(pretrained[k], after[k]) for k in pretrained)  # BatchNorm's running stats too
-    assert int(model_of(probed.run_dir).batches_seen) == 10
+    assert int(model_of(probed.run_dir).batches_seen) == 9
     assert not torch.equal(model_of(probed.run_dir).head[-1].weight, fresh.head[-1].weight)
-    tuned = encoder_state(run("tuned", 15, probe_steps=10).run_dir)
+    tuned = encoder_state(run("tuned", 15, probe_steps=9).run_dir)
     assert not all(torch.equal(pretrained[k], tuned[k]) for k in pretrained)
+    cfg = probe_config(simclr_run.run_dir, projection_layers=1, probe_steps=9)
+    cfg["trainer"] = {**cfg["trainer"], "max_steps": 15}
+    train(cfg, run_dir=probed.run_dir, resume=True)  # the 9-step run resumed to 15: unfreezes at the same step
+    resumed = encoder_state(probed.run_dir)
+    assert all(torch.equal(tuned[k], resumed[k]) for k in tuned)
     with pytest.raises(ConfigError, match="give one of the two"):
-        run("both", 5, probe_steps=10, freeze_encoder=True)
+        run("both", 5, probe_steps=9, freeze_encoder=True)
