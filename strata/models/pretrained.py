@@ -16,8 +16,8 @@ Models", NeurIPS 2014 (a classifier on the VAE's posterior mean).
 A contrastive run's projection head maps the encoder's features to the vectors its loss compares;
 its hidden layer is a better place to start from than the encoder's output (SimCLRv2, Chen et al.,
 "Big Self-Supervised Models are Strong Semi-Supervised Learners", NeurIPS 2020, fine-tunes "from the
-middle" of the head; measured here: a linear probe at 100 MNIST labels 95.6 % against 92.9 % on the
-encoder's output). `projection_layers = 1` keeps the head's first linear layer and its activation
+middle" of the head; measured here, benchmarks/unlabelled_100labels.py: a linear probe at 100 MNIST
+labels 96.22 % against 93.81 % on the encoder's output, LP-FT 96.80 % against 93.45 %). `projection_layers = 1` keeps the head's first linear layer and its activation
 as part of the encoder; 0 (the default) keeps the encoder alone.
 
 Fine-tuning all layers from a random head moves the pretrained features before the head is any good
