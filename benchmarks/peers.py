@@ -31,8 +31,8 @@ work of their own (Keras converts its logs each batch), so they are timed whole.
 each in its own fresh interpreter, alternating, with its wall time and minor page faults.
 
 `--instructions` counts, instead of timing, the machine instructions of one step of plain-same-opt and
-of strata (valgrind's callgrind, collecting only between step 20 and step 50 of a run; counts repeat
-to the instruction from run to run, where a noisy machine's step times spread by 100 us): strata's
+of strata (valgrind's callgrind, collecting only between step 20 and step 50 of a run; the overhead's
+count moved by ~15 % between runs here, where the step times of a noisy machine spread by 100 us): strata's
 overhead in instructions a step, and in microseconds at two rates of this machine, measured in the same
 run: the rate of the plain loop's own step (mostly torch kernels) and the rate of a loop of plain Python
 calls, attribute and dict look-ups (the interpreter's work, which the framework's extra code is).
@@ -438,11 +438,10 @@ def main(argv=None) -> list[dict]:
     print(f"{len(x)} MNIST images in memory, batch {BATCH}, {a.steps} steps, {a.rounds} rounds, 1 thread; "
           + ", ".join(f"{k} {v}" for k, v in versions.items()), flush=True)
     rows = []
-    if a.instructions:
-        for m in a.models:
-            rows += instructions(m, x, y, a.rounds)
-        a.models = []
     for m in a.models:
+        if a.instructions:
+            rows += instructions(m, x, y, a.rounds)
+            continue
         params = sum(p.numel() for p in MODELS[m]().parameters())
         short = max(a.steps // 5, 2)
         rows += report(m, *compare(m, x, y, names, a.rounds, short), a.steps, short, params)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tomllib
 from pathlib import Path
 
 from strata.api import train
@@ -37,8 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
 
 
-def recipe(name: str, data: str, tag: str, overrides: dict) -> dict:
-    cfg = load_config(RECIPES / name).to_dict()
+def recipe(name: str, data: str, tag: str, overrides: dict, sets: list[str] = ()) -> dict:
+    """The recipe with `sets` ("section.key=value", as strata train --set) and then `overrides` applied."""
+    cfg = load_config(RECIPES / name, list(sets)).to_dict()
     cfg["name"] = f"{data}-{tag}"
     cfg["data"]["name"] = data
     for key, value in overrides.items():
@@ -74,12 +74,6 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     runs = args.runs / args.data
     quick = {"trainer.max_steps": 60} if args.quick else {}
-    finetune = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if "." not in key or not value:
-            ap.error(f"--set {item}: expected SECTION.KEY=VALUE")
-        finetune[key] = tomllib.loads(f"v = {value}")["v"]
 
     pre = args.pretrained_run
     if pre is None and {"simclr-ft", "simclr-probe"} & set(args.only):
@@ -102,9 +96,11 @@ def main(argv=None) -> dict:
         for m in args.only:
             name, over = methods[m]
             over = {**over, **quick, "data.split_seed": draw}
+            sets = []
             if name == "mnist-simclr-100labels.toml" and "model" not in over:
-                over = {**finetune, **over, "model.init_from": str(pre)}
-            s = run(recipe(name, args.data, f"{m}-draw{draw}", over), runs / f"{m}-draw{draw}")
+                over["model.init_from"] = str(pre)
+                sets = args.set
+            s = run(recipe(name, args.data, f"{m}-draw{draw}", over, sets), runs / f"{m}-draw{draw}")
             acc[m].append(s["test/acc"])
             row.append(f"{m} {100 * s['test/acc']:.2f} % ({s['wall_time_s']:.0f}s)")
         print(f"draw {draw}: " + ", ".join(row), flush=True)
