@@ -5,7 +5,8 @@ what usually causes it (Keras' TerminateOnNaN, Lightning's check_finite), before
 checkpoint or summary.json can record the damage: checkpoints/last keeps the newest finite state.
 It costs the loop nothing per step: each batch's loss stays on the device until the loop reads them
 all at once, every CHECK_EVERY steps and where it waits for the device anyway (the end of an epoch,
-before a validation or a checkpoint).
+before a validation or a checkpoint). The same read adds them to the running training loss (`loss_mean`),
+so the loop does no tensor work of its own per step for its logs.
 
 "skip" leaves out the update of a step whose loss or gradient norm is not finite and counts it, as an
 fp16 gradient scaler does; deciding needs one number from the device per step (the scaler pays the
@@ -36,29 +37,46 @@ class NonFiniteGuard:
     def __init__(self, mode: str, dist=None):
         self.mode = mode
         self.dist = dist
+        self.skips = mode == "skip"
         self.pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet read from the device
         self.last_finite: tuple[int, torch.Tensor] | None = None  # read only for the message
         self.skipped = 0
         self.in_a_row = 0
-
-    @property
-    def skips(self) -> bool:
-        return self.mode == "skip"
+        self._sum: torch.Tensor | None = None  # finite losses checked since reset_loss(), on the device
+        self._count: torch.Tensor | None = None
 
     def record(self, trainer, step: int, loss: torch.Tensor) -> None:
-        if self.skips:  # step_ok has already judged it
-            return
+        """Every batch's (detached) loss; read with the next CHECK_EVERY - 1 at one check."""
         self.pending.append((step, loss))
         if len(self.pending) >= CHECK_EVERY:
             self.check(trainer)
 
+    def reset_loss(self) -> None:
+        """Start a new training-loss mean (an epoch, or the steps up to a validation)."""
+        self._sum = self._count = None
+
+    def loss_mean(self, trainer) -> float | None:
+        """Mean of the finite losses recorded since reset_loss() (None if there were none): checks the
+        pending ones first, so it reads the device once."""
+        self.check(trainer)
+        if self._count is None:
+            return None
+        count = int(self._count)
+        return float(self._sum) / count if count else None
+
     def check(self, trainer) -> None:
-        """Read the recorded losses (one host sync); raise Diverged when one is not finite."""
+        """Read the recorded losses (one host sync); raise Diverged when one is not finite ("stop"), or
+        leave it out of the training-loss mean ("skip": step_ok has already judged its step)."""
         if not self.pending:
             return
         pending, self.pending = self.pending, []
-        losses = torch.stack([loss for _, loss in pending]).detach().float().flatten()  # (n,) one loss a batch
+        losses = torch.stack([loss for _, loss in pending]).float().flatten()  # (n,) one loss a batch
         finite = torch.isfinite(losses)
+        total, count = torch.where(finite, losses, 0.0).sum(), finite.sum()
+        self._sum = total if self._sum is None else self._sum + total
+        self._count = count if self._count is None else self._count + count
+        if self.skips:
+            return
         bad = ~finite.all()
         if self.dist is not None and self.dist.enabled:  # every process stops at the same check
             flag = bad.float().reshape(1)

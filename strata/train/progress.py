@@ -25,6 +25,7 @@ class Progress:
         if mode == "auto":
             mode = "bar" if tty else "lines"
         self.mode = mode if enabled else "off"
+        self.live = self.mode != "off"  # whether the loop calls update() at all
         self.log_every_s = log_every_s
         self._force_terminal = force_terminal
         self._bar = None  # (rich Progress, task id) while an epoch is drawn

@@ -385,7 +385,8 @@ class Trainer:
                 first = loss
             if loss.logs:
                 for k, v in loss.logs.items():
-                    self._logs_sum[k] = self._logs_sum.get(k, 0.0) + v.detach().float()
+                    s, n = self._logs_sum.get(k, (0.0, 0))
+                    self._logs_sum[k] = (s + v.detach().float(), n + 1)
         if boundary:
             self.precision.update()
         return first
@@ -445,65 +446,74 @@ class Trainer:
             raise
 
     def _epoch(self) -> None:
-        """One epoch from where the last one left off; returns early when the run is stopping."""
+        """One epoch from where the last one left off; returns early when the run is stopping. The loop
+        does no tensor work of its own per step (the guard reads the losses in batches, for its check and
+        the training-loss mean alike) and reads its settings once: a step costs little more than a plain
+        loop's (benchmarks/peers.py --lockstep)."""
         t = self.cfg.trainer
         self.task.train()
         epoch_start = time.perf_counter()
         total = len(self.train_batches)
-        loss_sum = torch.zeros((), device=self.device)
-        self._logs_sum: dict[str, torch.Tensor] = {}  # a task's extra per-step figures (Loss.logs)
-        n_logged = 0
+        guard = self.guard
+        guard.reset_loss()
+        self._logs_sum: dict[str, tuple[torch.Tensor, int]] = {}  # a task's extra per-step figures (Loss.logs)
         samples = 0
         self.progress.start_epoch(self.epoch + 1, total)
-        val_every = t.val_every_n_steps
+        accum, batch_size, val_every, save_every, max_steps = (t.grad_accum, self.cfg.data.batch_size,
+                                                               t.val_every_n_steps, t.checkpoint_every_n_steps,
+                                                               t.max_steps)
+        batch_hooks, live, dist = self._hooks["on_batch_end"], self.progress.live, self.dist.enabled
         for i, batch in self.train_batches.epoch(self.epoch, self.batch_in_epoch):
-            boundary = (i + 1) % t.grad_accum == 0 or i + 1 == total
+            boundary = accum == 1 or (i + 1) % accum == 0 or i + 1 == total
             loss = self._train_step(batch, boundary).value.detach()
-            self.guard.record(self, self.step + 1, loss)
-            if not self.guard.skips or bool(torch.isfinite(loss)):  # a skipped batch is left out of train/loss
-                loss_sum += loss.float()
-                n_logged += 1
-            samples += self.cfg.data.batch_size
+            guard.record(self, self.step + 1, loss)
+            samples += batch_size
             self.batch_in_epoch = i + 1
             if not boundary:
                 continue
             self.step += 1
-            self._call("on_batch_end", self.step, loss)
-            if not self.dist.enabled or self.step % STOP_CHECK_EVERY == 0:
+            if batch_hooks:
+                self._call("on_batch_end", self.step, loss)
+            if live:
+                self.progress.update(self.epoch + 1, i + 1, total, self.step, self._shown, samples)
+            # a stop is agreed on where one was asked for (one process), or every STOP_CHECK_EVERY steps
+            if (self.step % STOP_CHECK_EVERY == 0) if dist else \
+                    (self._signal_seen is not None or self._stop_asked is not None):
                 self._agree_on_stop()
-            self.progress.update(self.epoch + 1, i + 1, total, self.step,
-                                 lambda: {"loss": float(loss_sum) / max(1, n_logged)}, samples)
-            if self.stopping:
-                return
+                if self.stopping:
+                    return
             if val_every and self.step % val_every == 0 and i + 1 < total:
-                self.guard.check(self)
-                self.log("train", loss=float(loss_sum) / n_logged, lr=self._lr(), **self._mean_logs(n_logged))
-                loss_sum.zero_()
-                n_logged = 0
+                self.log("train", loss=guard.loss_mean(self), lr=self._lr(), **self._mean_logs())
+                guard.reset_loss()
                 self._validate()
                 if self.stopping:
                     return
                 self.task.train()
-            elif t.checkpoint_every_n_steps and self.step % t.checkpoint_every_n_steps == 0:
+            elif save_every and self.step % save_every == 0:
                 self.save("last")
-            if t.max_steps and self.step >= t.max_steps:
+            if max_steps and self.step >= max_steps:
                 break
         # end of epoch
-        self.guard.check(self)
+        mean = guard.loss_mean(self)
         self.epoch += 1
         self.batch_in_epoch = 0
         for s in self.schedules.values():
             s.epoch_end()
         metrics = {}
-        if n_logged:  # nothing since a mid-epoch validation: no new training loss to report
-            metrics["train/loss"] = float(loss_sum) / n_logged
-            self.log("train", loss=metrics["train/loss"], lr=self._lr(), **self._mean_logs(n_logged))
+        if mean is not None:  # nothing since a mid-epoch validation: no new training loss to report
+            metrics["train/loss"] = mean
+            self.log("train", loss=mean, lr=self._lr(), **self._mean_logs())
         metrics.update(self._validate())
         self.progress.end_epoch(self.epoch, {**metrics, "lr": self._lr()}, time.perf_counter() - epoch_start)
         self._call("on_epoch_end", metrics)
 
-    def _mean_logs(self, n: int) -> dict[str, float]:
-        out = {f"train/{k}": float(v) / n for k, v in self._logs_sum.items()}
+    def _shown(self) -> dict[str, float]:
+        """What the progress display shows (read only when it refreshes)."""
+        mean = self.guard.loss_mean(self)
+        return {"loss": mean if mean is not None else float("nan")}
+
+    def _mean_logs(self) -> dict[str, float]:
+        out = {f"train/{k}": float(v) / n for k, (v, n) in self._logs_sum.items()}
         self._logs_sum = {}
         return out
 
