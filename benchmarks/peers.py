@@ -30,6 +30,12 @@ work of their own (Keras converts its logs each batch), so they are timed whole.
 `--cold` adds the first epoch of a new process (what every `strata train` is) for plain and strata:
 each in its own fresh interpreter, alternating, with its wall time and minor page faults.
 
+`--lockstep` times strata's per-step overhead step by step: after each strata step a callback runs one
+step of plain-same-opt on a twin of the model, and each strata step is paired with the plain step beside
+it. Separate runs of the two loops cannot resolve tens of microseconds on a machine whose speed moves by
+tens of percent from one second to the next; pairs a millisecond apart can (the median of ~2,000 pairs
+moved by a few microseconds between runs here).
+
 `--instructions` counts, instead of timing, the machine instructions of one step of plain-same-opt and
 of strata (valgrind's callgrind, collecting only between step 20 and step 50 of a run; the overhead's
 count moved by ~15 % between runs here, where the step times of a noisy machine spread by 100 us): strata's
@@ -40,7 +46,7 @@ Needs valgrind (Debian: `apt install valgrind`); a few minutes, mostly torch's i
 
     pip install -e '.[peers]'    # Lightning and Keras: only for this benchmark, never for the tests
     STRATA_DATA_MIRROR=... OMP_NUM_THREADS=1 python benchmarks/peers.py [--rounds 5] [--steps 400] [--cold]
-        [--instructions]
+        [--instructions] [--lockstep]
 """
 
 from __future__ import annotations
@@ -416,6 +422,65 @@ def _cpu_time(fn) -> float:
     return time.thread_time() - t0
 
 
+def lockstep(model: str, x, y, rounds: int) -> list[dict]:
+    """strata's per-step overhead timed step by step. After each strata step a callback runs one step of
+    plain-same-opt on a twin of the model (its own shuffled batches of the same tensors); strata's step is
+    timed from the end of one plain step to the start of the next (its loader, its step, its loop and the
+    dispatch of this callback) and paired with the plain step that follows it. Interleaved a step apart,
+    the two see the same state of the machine (its speed here moves by tens of percent from one second to
+    the next, which is what made separate runs of the two loops unresolvable), and each starts from the
+    caches the other left. The median of the paired differences is the overhead; one fit a round."""
+    import strata
+    from strata.config import OptimizerConfig
+    from strata.train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    initial = MODELS[model]()
+
+    class Lockstep(strata.Callback):
+        def __init__(self, seed: int):
+            torch.manual_seed(seed + 1000)
+            self.perm, self.i = torch.randperm(len(x)), 0
+            self.model = copy.deepcopy(initial).train()
+            self.opt = build_optimizer(self.model.parameters(), OptimizerConfig("adamw", lr=LR, weight_decay=WD))
+            self.plain, self.strata, self.t_out = [], [], None
+
+        def on_batch_end(self, trainer, step, loss):
+            t_in = time.perf_counter()
+            if self.t_out is not None:
+                self.strata.append(t_in - self.t_out)
+            idx = self.perm[self.i:self.i + BATCH]
+            self.i += BATCH
+            out = F.cross_entropy(self.model(x[idx]), y[idx])
+            self.opt.zero_grad(set_to_none=True)
+            out.backward()
+            self.opt.step()
+            self.t_out = time.perf_counter()
+            self.plain.append(self.t_out - t_in)
+
+    strata_fit(copy.deepcopy(initial), x[: 20 * BATCH], y[: 20 * BATCH], 0, [])  # warm-up
+    per_round, pooled, plain_steps = [], [], []
+    for r in range(rounds):
+        cb = Lockstep(r)
+        with tempfile.TemporaryDirectory() as tmp:
+            strata.fit(copy.deepcopy(initial), (x, y), epochs=1, batch_size=BATCH, lr=LR, weight_decay=WD,
+                       val_split=0, seed=r, run_dir=Path(tmp) / "run", device="cpu", verbose=0, callbacks=[cb])
+        diffs = [s - p for s, p in zip(cb.strata, cb.plain[1:])][5:]  # the first steps: warm-up
+        per_round.append(statistics.median(diffs))
+        pooled += diffs
+        plain_steps.append(statistics.median(cb.plain))
+        print(f"  round {r + 1}: strata's step {per_round[-1] * 1e6:+.1f} us over the plain step beside it "
+              f"(median of {len(diffs)} pairs)", flush=True)
+    q1, med, q3 = statistics.quantiles(pooled, n=4)
+    print(f"{model}: strata's per-step overhead over plain-same-opt, interleaved step by step: {med * 1e6:+.1f} us "
+          f"(median of {len(pooled)} pairs; quartiles {q1 * 1e6:+.1f} / {q3 * 1e6:+.1f}; rounds "
+          f"{' '.join(f'{v * 1e6:+.0f}' for v in per_round)}); the plain step {statistics.median(plain_steps) * 1e6:.0f} us")
+    return [{"model": model, "framework": "strata", "lockstep_overhead_us": round(med * 1e6, 1),
+             "lockstep_quartiles_us": [round(q1 * 1e6, 1), round(q3 * 1e6, 1)],
+             "lockstep_rounds_us": [round(v * 1e6, 1) for v in per_round],
+             "plain_step_us": round(statistics.median(plain_steps) * 1e6, 1)}]
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
@@ -425,6 +490,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--cold", action="store_true", help="also the first epoch of a new process (plain, strata)")
     ap.add_argument("--instructions", action="store_true",
                     help="count instructions a step (valgrind) instead of timing: plain-same-opt and strata")
+    ap.add_argument("--lockstep", action="store_true",
+                    help="time strata's per-step overhead step by step, interleaved with plain-same-opt")
     ap.add_argument("--out", type=Path, help="write the rows as JSON")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -441,6 +508,9 @@ def main(argv=None) -> list[dict]:
     for m in a.models:
         if a.instructions:
             rows += instructions(m, x, y, a.rounds)
+            continue
+        if a.lockstep:
+            rows += lockstep(m, x, y, a.rounds)
             continue
         params = sum(p.numel() for p in MODELS[m]().parameters())
         short = max(a.steps // 5, 2)

@@ -106,9 +106,9 @@ class EpochBatches:
 
     def epoch(self, epoch: int, start: int = 0):
         if self.tensor:
-            tensors = self.data.tensors
+            tensors, move = self.data.tensors, self.device.type != "cpu"
             for i, idx in self.sampler.index_batches(epoch, start):
-                if self.device.type != "cpu":
+                if move:
                     idx = idx.to(self.device, non_blocking=True)
                 yield i, {k: v[idx] for k, v in tensors.items()}
         else:

@@ -12,6 +12,7 @@ class Precision:
     def __init__(self, name: str, device: torch.device):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name)
         self.autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+        self.plain = dtype is None  # fp32: no autocast, no scaler (nothing between backward and step)
         # fp16 gradients underflow: backpropagate loss * s, unscale before clipping and stepping, and
         # adapt s (halve on inf / nan, skipping that step; grow after a run of finite steps)
         self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None

@@ -142,6 +142,11 @@ class Strategy:
             _replace(task, name, unit.module)
         self.units = []
 
+    @property
+    def idle_phases(self) -> bool:
+        """Whether phase() does nothing (one process): the trainer's step then does not enter it."""
+        return not self.units
+
     def phase(self, optimizer: str, boundary: bool) -> contextlib.AbstractContextManager:
         """Around one optimiser phase (its forward code and its backward pass)."""
         if not self.units:  # one process: nothing to hold back, at no cost per step
@@ -197,6 +202,7 @@ class FullyShard(Strategy):
 
     name = "fsdp"
     sharded_checkpoints = True
+    idle_phases = False
 
     @property
     def shards(self) -> int:

@@ -11,6 +11,7 @@ metrics files, TensorBoard, your own code) is a callback: see strata/train/callb
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import math
@@ -30,7 +31,7 @@ from strata.errors import (MISFIT_ERRORS, CheckpointError, ConfigError, Interrup
                            model_misfit)
 from strata.registry import closest
 from strata.run_folder import RunFolder
-from strata.tasks.base import Loss
+from strata.tasks.base import Loss, Task
 from strata.train.budget import build_within_memory
 from strata.train.callbacks import Callback, builtin_callbacks, hook_table, improves
 from strata.train.checkpoint import (check_compatible, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
@@ -39,7 +40,7 @@ from strata.train.distributed import Dist
 from strata.train.evaluation import evaluate
 from strata.train.host_memory import keep_freed_buffers
 from strata.train.loader import EpochBatches
-from strata.train.nonfinite import NonFiniteGuard
+from strata.train.nonfinite import CHECK_EVERY, NonFiniteGuard
 from strata.train.optim import build_optimizer, build_schedule
 from strata.train.precision import Precision
 from strata.train.progress import Progress
@@ -150,6 +151,18 @@ class Trainer:
                           for name, o in self.optimizers.items()}
 
         self.guard = NonFiniteGuard(t.nonfinite, self.dist)
+        # Nothing to enter around a phase and nothing between its backward pass and its optimiser step (one
+        # process, fp32, one optimiser, no clipping, the "stop" guard): a task's loss tensor then goes
+        # straight to backward and the optimiser, without the context managers and checks that would do
+        # nothing. On a small model that is most of what a step costs beyond a plain loop's.
+        self._bare = (self.strategy.idle_phases and self.precision.plain and not self.multi_opt
+                      and t.grad_clip == 0 and not self.guard.skips)
+        name = self.phase_names[0]
+        self._bare_opt, schedule = self.optimizers[name], self.schedules[name]
+        # what follows the optimiser step there: a per-step learning-rate schedule, a task's own update
+        self._bare_after = [schedule.sched.step] if schedule.per == "step" and schedule.sched is not None else []
+        if type(self.task).after_optimizer_step is not Task.after_optimizer_step:
+            self._bare_after.append(functools.partial(self.task.after_optimizer_step, name))
         if t.compile:
             for m in self.task.children():
                 m.compile()
@@ -359,16 +372,33 @@ class Trainer:
         self.schedules[name].step()
         self.task.after_optimizer_step(name)
 
-    def _train_step(self, batch, boundary: bool) -> Loss:
+    def _train_step(self, batch, boundary: bool) -> torch.Tensor:
         """One batch: each optimiser phase in the order of configure_optimizers (a generator task's code
-        for phase k runs inside next(), so it sees the weights as the previous phases left them)."""
-        first = None
+        for phase k runs inside next(), so it sees the weights as the previous phases left them).
+        Returns the first phase's loss, its graph spent (the loop and the guard only read it)."""
+        if self._bare:
+            out = self.task.training_step(batch)
+            if isinstance(out, torch.Tensor):  # the _phase below, less what does nothing here
+                accum = self.cfg.trainer.grad_accum
+                (out / accum if accum > 1 else out).backward()
+                if boundary:
+                    opt = self._bare_opt
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    for after in self._bare_after:
+                        after()
+                return out  # not detached: backward has run its whole graph, which holds no buffers now
+            return self._phases(out, boundary)
         # Each phase's forward code and backward pass run in that phase's synchronisation context:
         # only the units of its optimiser reduce gradients, and only on an accumulation boundary.
         with self.strategy.phase(self.phase_names[0], boundary), self.autocast():
             out = self.task.training_step(batch)
+        return self._phases(out, boundary)
+
+    def _phases(self, out, boundary: bool) -> torch.Tensor:
         if isinstance(out, torch.Tensor):
             out = (Loss(self.phase_names[0], out),)
+        first = None
         it = iter(out)
         for k, expected in enumerate(self.phase_names):
             with self.strategy.phase(expected, boundary):
@@ -389,7 +419,7 @@ class Trainer:
                     self._logs_sum[k] = (s + v.detach().float(), n + 1)
         if boundary:
             self.precision.update()
-        return first
+        return first.value.detach()
 
     def fit(self) -> dict:
         try:
@@ -457,31 +487,36 @@ class Trainer:
         guard = self.guard
         guard.reset_loss()
         self._logs_sum: dict[str, tuple[torch.Tensor, int]] = {}  # a task's extra per-step figures (Loss.logs)
-        samples = 0
         self.progress.start_epoch(self.epoch + 1, total)
         accum, batch_size, val_every, save_every, max_steps = (t.grad_accum, self.cfg.data.batch_size,
                                                                t.val_every_n_steps, t.checkpoint_every_n_steps,
                                                                t.max_steps)
         batch_hooks, live, dist = self._hooks["on_batch_end"], self.progress.live, self.dist.enabled
+        periodic = bool(val_every or save_every or max_steps)
+        pending, first = guard.pending, self.batch_in_epoch
         for i, batch in self.train_batches.epoch(self.epoch, self.batch_in_epoch):
             boundary = accum == 1 or (i + 1) % accum == 0 or i + 1 == total
-            loss = self._train_step(batch, boundary).value.detach()
-            guard.record(self, self.step + 1, loss)
-            samples += batch_size
+            loss = self._train_step(batch, boundary)
+            pending.append((self.step + 1, loss))  # guard.record, inline: the losses wait on the device
+            if len(pending) >= CHECK_EVERY:
+                guard.check(self)
             self.batch_in_epoch = i + 1
             if not boundary:
                 continue
             self.step += 1
             if batch_hooks:
-                self._call("on_batch_end", self.step, loss)
+                self._call("on_batch_end", self.step, loss.detach())
             if live:
-                self.progress.update(self.epoch + 1, i + 1, total, self.step, self._shown, samples)
+                self.progress.update(self.epoch + 1, i + 1, total, self.step, self._shown,
+                                     (i + 1 - first) * batch_size)
             # a stop is agreed on where one was asked for (one process), or every STOP_CHECK_EVERY steps
             if (self.step % STOP_CHECK_EVERY == 0) if dist else \
                     (self._signal_seen is not None or self._stop_asked is not None):
                 self._agree_on_stop()
                 if self.stopping:
                     return
+            if not periodic:
+                continue
             if val_every and self.step % val_every == 0 and i + 1 < total:
                 self.log("train", loss=guard.loss_mean(self), lr=self._lr(), **self._mean_logs())
                 guard.reset_loss()
