@@ -528,18 +528,25 @@ class Trainer:
                 self.save("last")
             if max_steps and self.step >= max_steps:
                 break
-        # end of epoch
+        # The end of the epoch, or of the run at max_steps. Stopped in the middle of an epoch, the run keeps
+        # that epoch open where it stopped (its checkpoint too), and its last validation leaves the random
+        # state as it was, so a resume with a larger max_steps goes on with the next batch of the same order
+        # and the same random numbers, as the straight run does (callbacks that act on validations, such as
+        # early stopping or a plateau schedule, do see the extra one).
         mean = guard.loss_mean(self)
-        self.epoch += 1
-        self.batch_in_epoch = 0
-        for s in self.schedules.values():
-            s.epoch_end()
+        ended = self.batch_in_epoch == total
+        if ended:
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            for s in self.schedules.values():
+                s.epoch_end()
         metrics = {}
         if mean is not None:  # nothing since a mid-epoch validation: no new training loss to report
             metrics["train/loss"] = mean
             self.log("train", loss=mean, lr=self._lr(), **self._mean_logs())
-        metrics.update(self._validate())
-        self.progress.end_epoch(self.epoch, {**metrics, "lr": self._lr()}, time.perf_counter() - epoch_start)
+        metrics.update(self._validate(keep_rng=not ended))
+        self.progress.end_epoch(self.epoch if ended else self.epoch + 1, {**metrics, "lr": self._lr()},
+                                time.perf_counter() - epoch_start)
         self._call("on_epoch_end", metrics)
 
     def _shown(self) -> dict[str, float]:
@@ -573,13 +580,17 @@ class Trainer:
     def _lr(self) -> float:
         return next(iter(self.optimizers.values())).param_groups[0]["lr"]
 
-    def _validate(self) -> dict[str, float]:
+    def _validate(self, keep_rng: bool = False) -> dict[str, float]:
         """Validate (when there is a validation split), tell the callbacks, save `last`, and let the
-        processes agree on a stop a callback may have asked for. Returns the metrics."""
+        processes agree on a stop a callback may have asked for. Returns the metrics. `keep_rng`: the
+        random state after it is the one before (a validation the straight run does not make)."""
         val = {}
         if self.bundle.val is not None and len(self.bundle.val) > 0:
             self.dist.broadcast_buffers(self.task)  # e.g. batch-norm statistics: rank 0's everywhere
+            state = rng_state() if keep_rng else None
             val = self.dist.broadcast_object(self.evaluate_split("val"))
+            if state is not None:
+                set_rng_state(state)
             self.history.append({"step": self.step, "epoch": self.epoch, **val})
             self.log("val", **val)
             self._call("on_validation_end", val)

@@ -100,3 +100,25 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     cfg = tmp_path / "cfg.toml"
     cfg.write_text(CONFIG)
     check_sigkill_then_resume_is_bit_identical(cfg, tmp_path)
+
+
+def test_a_run_stopped_at_max_steps_mid_epoch_resumes_as_the_straight_run(tmp_path):
+    # max_steps ends a run in the middle of an epoch: the epoch stays open in its checkpoint, and a resume
+    # with a larger max_steps continues with the next batch of the same order (not a new epoch's order)
+    from strata.api import train
+    from strata.run_folder import RunFolder
+    from strata.train.checkpoint import load_checkpoint
+
+    cfg = {"name": "steps", "data": {"name": "digits", "batch_size": 32, "limit": 300},
+           "model": {"name": "mlp", "hidden": [32], "dropout": 0.2}, "task": {"name": "classify"},
+           "optimizer": {"name": "adamw", "lr": 0.01},
+           "trainer": {"max_epochs": 10, "seed": 5, "progress": "off", "sanity_val_batches": 0}}
+    straight = train(cfg, ["trainer.max_steps=27"], run_dir=tmp_path / "straight")
+    split = train(cfg, ["trainer.max_steps=14"], run_dir=tmp_path / "split")
+    per_epoch = 10  # 300 training digits in batches of 32
+    _, state, _ = load_checkpoint(RunFolder(tmp_path / "split").checkpoint("last"))
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (14, 1, 14 - per_epoch)
+    assert split.summary["epochs"] == 1  # epochs completed
+    resumed = train(cfg, ["trainer.max_steps=27"], run_dir=tmp_path / "split", resume=True)
+    assert resumed.summary["steps"] == straight.summary["steps"] == 27
+    assert resumed.summary["weights_sha256"] == straight.summary["weights_sha256"]
