@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from strata.build import load_config
 from strata.data import load_data
@@ -27,6 +26,9 @@ from strata.data.base import DataBundle, TensorSplit
 from strata.models import build_model
 from strata.train import Trainer
 from strata.train.progress import Progress
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import plain_epoch  # noqa: E402  the plain loop both benchmarks time
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "mnist-mlp.toml"
 
@@ -43,16 +45,9 @@ def plain_loop(cfg, info, x, y, epochs: int, seed: int) -> float:
     torch.manual_seed(seed)
     model = build_model(cfg.model.name, cfg.model.options, **info).to(x.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay)
-    bs = cfg.data.batch_size
     model.train()
-    for epoch in range(epochs):
-        perm = torch.randperm(len(x)).to(x.device)
-        for i in range(0, len(x), bs):
-            idx = perm[i:i + bs]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    for _ in range(epochs):
+        plain_epoch(model, x, y, opt, cfg.data.batch_size)
     sync(x.device)
     return time.perf_counter() - t0
 

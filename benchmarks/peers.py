@@ -109,18 +109,25 @@ def timed(fn):
     return run
 
 
-def plain_loop(model: nn.Module, x, y, seed: int, opt: torch.optim.Optimizer, stamps: list | None) -> None:
-    torch.manual_seed(seed)
-    model.train()
-    perm = torch.randperm(len(x))
-    for i in range(0, len(x), BATCH):
-        idx = perm[i:i + BATCH]
+def plain_epoch(model: nn.Module, x, y, opt: torch.optim.Optimizer, batch: int = BATCH,
+                stamps: list | None = None) -> None:
+    """One epoch of the loop a person writes: shuffled index batches of the tensors, forward,
+    cross-entropy, zero_grad, backward, step (benchmarks/overhead.py's plain loop too)."""
+    perm = torch.randperm(len(x)).to(x.device)
+    for i in range(0, len(x), batch):
+        idx = perm[i:i + batch]
         loss = F.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if stamps is not None:
             stamps.append(time.perf_counter())
+
+
+def plain_loop(model: nn.Module, x, y, seed: int, opt: torch.optim.Optimizer, stamps: list | None) -> None:
+    torch.manual_seed(seed)
+    model.train()
+    plain_epoch(model, x, y, opt, BATCH, stamps)
 
 
 @timed
