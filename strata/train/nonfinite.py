@@ -31,8 +31,9 @@ CAUSES = ("usual causes: a learning rate too high ([optimizer] lr = {lr:g}), NaN
 
 
 class NonFiniteGuard:
-    """Owned by the Trainer: `record` every batch's loss, `check` where the loop syncs, `step_ok`
-    before each optimiser step (only in "skip" mode)."""
+    """Owned by the Trainer: its loop appends every batch's (step, loss) to `pending` and calls `check`
+    when CHECK_EVERY have gathered and where it syncs anyway; `loss_mean` for the logs; `step_ok` before
+    each optimiser step (only in "skip" mode)."""
 
     def __init__(self, mode: str, dist=None):
         self.mode = mode
@@ -44,12 +45,6 @@ class NonFiniteGuard:
         self.in_a_row = 0
         self._sum: torch.Tensor | None = None  # finite losses checked since reset_loss(), on the device
         self._count: torch.Tensor | None = None
-
-    def record(self, trainer, step: int, loss: torch.Tensor) -> None:
-        """Every batch's (detached) loss; read with the next CHECK_EVERY - 1 at one check."""
-        self.pending.append((step, loss))
-        if len(self.pending) >= CHECK_EVERY:
-            self.check(trainer)
 
     def reset_loss(self) -> None:
         """Start a new training-loss mean (an epoch, or the steps up to a validation)."""

@@ -497,7 +497,7 @@ class Trainer:
         for i, batch in self.train_batches.epoch(self.epoch, self.batch_in_epoch):
             boundary = accum == 1 or (i + 1) % accum == 0 or i + 1 == total
             loss = self._train_step(batch, boundary)
-            pending.append((self.step + 1, loss))  # guard.record, inline: the losses wait on the device
+            pending.append((self.step + 1, loss))  # the guard's: the losses wait on the device
             if len(pending) >= CHECK_EVERY:
                 guard.check(self)
             self.batch_in_epoch = i + 1
