@@ -61,9 +61,11 @@ class EpochSampler(Sampler):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(self.n, generator=g)
 
-    def index_batches(self, epoch: int, start: int):
-        """(batch index, example indices) of epoch `epoch` from batch `start` on."""
+    def index_batches(self, epoch: int, start: int) -> list[tuple[int, torch.Tensor]]:
+        """(batch index, example indices) of epoch `epoch` from batch `start` on (views of one order,
+        made at once: the training loop then resumes no generator of this per batch)."""
         order = self.order(epoch)
+        out = []
         for i in range(start, self.num_batches):
             if self.shuffle and self.world > 1:
                 glob = order[i * self.global_batch:(i + 1) * self.global_batch]
@@ -71,7 +73,8 @@ class EpochSampler(Sampler):
                 idx = glob[self.rank * per:(self.rank + 1) * per]
             else:
                 idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield i, idx
+            out.append((i, idx))
+        return out
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
@@ -106,11 +109,14 @@ class EpochBatches:
 
     def epoch(self, epoch: int, start: int = 0):
         if self.tensor:
-            tensors, move = self.data.tensors, self.device.type != "cpu"
+            tensors, move = list(self.data.tensors.items()), self.device.type != "cpu"
             for i, idx in self.sampler.index_batches(epoch, start):
                 if move:
                     idx = idx.to(self.device, non_blocking=True)
-                yield i, {k: v[idx] for k, v in tensors.items()}
+                batch = {}
+                for k, v in tensors:  # a plain loop: a comprehension would be a call of its own a batch
+                    batch[k] = v[idx]
+                yield i, batch
         else:
             self.sampler.set_epoch(epoch, start)
             for i, batch in enumerate(self.loader, start):

@@ -66,10 +66,9 @@ class NonFiniteGuard:
             return
         pending = self.pending[:]
         self.pending.clear()  # in place: the trainer's loop appends to this list
-        with torch.no_grad():  # a loss may still carry its (spent) graph
-            losses = torch.stack([loss for _, loss in pending]).float().flatten()  # (n,) one loss a batch
-            finite = torch.isfinite(losses)
-            total, count = torch.where(finite, losses, 0.0).sum(), finite.sum()
+        losses = torch.stack([loss for _, loss in pending]).float().flatten()  # (n,) one loss a batch
+        finite = torch.isfinite(losses)
+        total, count = torch.where(finite, losses, 0.0).sum(), finite.sum()
         self._sum = total if self._sum is None else self._sum + total
         self._count = count if self._count is None else self._count + count
         if self.skips:
@@ -89,8 +88,8 @@ class NonFiniteGuard:
         i = local[0]
         before = pending[i - 1] if i else self.last_finite
         step, value = pending[i][0], float(losses[i])
-        trainer.log("nonfinite", loss=str(value), at_step=step, last_finite_loss=float(before[1].detach()) if before else None)
-        last = f"the last finite loss was {float(before[1].detach()):.4g} at step {before[0]}" if before else \
+        trainer.log("nonfinite", loss=str(value), at_step=step, last_finite_loss=float(before[1]) if before else None)
+        last = f"the last finite loss was {float(before[1]):.4g} at step {before[0]}" if before else \
             "no step had a finite loss"
         saved = getattr(trainer, "_last_saved", None)
         kept = f"; checkpoints/last holds step {saved[0]}" if saved else ""

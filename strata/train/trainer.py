@@ -158,7 +158,7 @@ class Trainer:
         self._bare = (self.strategy.idle_phases and self.precision.plain and not self.multi_opt
                       and t.grad_clip == 0 and not self.guard.skips)
         name = self.phase_names[0]
-        self._bare_opt, schedule = self.optimizers[name], self.schedules[name]
+        self._accum, self._bare_opt, schedule = t.grad_accum, self.optimizers[name], self.schedules[name]
         # what follows the optimiser step there: a per-step learning-rate schedule, a task's own update
         self._bare_after = [schedule.sched.step] if schedule.per == "step" and schedule.sched is not None else []
         if type(self.task).after_optimizer_step is not Task.after_optimizer_step:
@@ -375,11 +375,11 @@ class Trainer:
     def _train_step(self, batch, boundary: bool) -> torch.Tensor:
         """One batch: each optimiser phase in the order of configure_optimizers (a generator task's code
         for phase k runs inside next(), so it sees the weights as the previous phases left them).
-        Returns the first phase's loss, its graph spent (the loop and the guard only read it)."""
+        Returns the first phase's loss, detached."""
         if self._bare:
             out = self.task.training_step(batch)
             if isinstance(out, torch.Tensor):  # the _phase below, less what does nothing here
-                accum = self.cfg.trainer.grad_accum
+                accum = self._accum
                 (out / accum if accum > 1 else out).backward()
                 if boundary:
                     opt = self._bare_opt
@@ -387,7 +387,7 @@ class Trainer:
                     opt.zero_grad(set_to_none=True)
                     for after in self._bare_after:
                         after()
-                return out  # not detached: backward has run its whole graph, which holds no buffers now
+                return out.detach()  # kept until the guard's check: not its graph
             return self._phases(out, boundary)
         # Each phase's forward code and backward pass run in that phase's synchronisation context:
         # only the units of its optimiser reduce gradients, and only on an accumulation boundary.
@@ -505,7 +505,7 @@ class Trainer:
                 continue
             self.step += 1
             if batch_hooks:
-                self._call("on_batch_end", self.step, loss.detach())
+                self._call("on_batch_end", self.step, loss)
             if live:
                 self.progress.update(self.epoch + 1, i + 1, total, self.step, self._shown,
                                      (i + 1 - first) * batch_size)
