@@ -61,20 +61,19 @@ class EpochSampler(Sampler):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(self.n, generator=g)
 
-    def index_batches(self, epoch: int, start: int) -> list[tuple[int, torch.Tensor]]:
-        """(batch index, example indices) of epoch `epoch` from batch `start` on (views of one order,
-        made at once: the training loop then resumes no generator of this per batch)."""
+    def batch(self, order: torch.Tensor, i: int) -> torch.Tensor:
+        """The example indices of batch i of an epoch's `order` (this process's share of it)."""
+        if self.shuffle and self.world > 1:
+            glob = order[i * self.global_batch:(i + 1) * self.global_batch]
+            per = math.ceil(len(glob) / self.world)
+            return glob[self.rank * per:(self.rank + 1) * per]
+        return order[i * self.batch_size:(i + 1) * self.batch_size]
+
+    def index_batches(self, epoch: int, start: int):
+        """(batch index, example indices) of epoch `epoch` from batch `start` on."""
         order = self.order(epoch)
-        out = []
         for i in range(start, self.num_batches):
-            if self.shuffle and self.world > 1:
-                glob = order[i * self.global_batch:(i + 1) * self.global_batch]
-                per = math.ceil(len(glob) / self.world)
-                idx = glob[self.rank * per:(self.rank + 1) * per]
-            else:
-                idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            out.append((i, idx))
-        return out
+            yield i, self.batch(order, i)
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
@@ -109,8 +108,11 @@ class EpochBatches:
 
     def epoch(self, epoch: int, start: int = 0):
         if self.tensor:
-            tensors, move = list(self.data.tensors.items()), self.device.type != "cpu"
-            for i, idx in self.sampler.index_batches(epoch, start):
+            # index_batches, inline: the training loop's own generator is the only one resumed a batch
+            tensors, move, sampler = list(self.data.tensors.items()), self.device.type != "cpu", self.sampler
+            order, split, size = sampler.order(epoch), sampler.shuffle and sampler.world > 1, sampler.batch_size
+            for i in range(start, sampler.num_batches):
+                idx = sampler.batch(order, i) if split else order[i * size:(i + 1) * size]
                 if move:
                     idx = idx.to(self.device, non_blocking=True)
                 batch = {}
