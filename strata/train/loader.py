@@ -61,19 +61,17 @@ class EpochSampler(Sampler):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(self.n, generator=g)
 
-    def batch(self, order: torch.Tensor, i: int) -> torch.Tensor:
-        """The example indices of batch i of an epoch's `order` (this process's share of it)."""
-        if self.shuffle and self.world > 1:
-            glob = order[i * self.global_batch:(i + 1) * self.global_batch]
-            per = math.ceil(len(glob) / self.world)
-            return glob[self.rank * per:(self.rank + 1) * per]
-        return order[i * self.batch_size:(i + 1) * self.batch_size]
-
     def index_batches(self, epoch: int, start: int):
         """(batch index, example indices) of epoch `epoch` from batch `start` on."""
         order = self.order(epoch)
         for i in range(start, self.num_batches):
-            yield i, self.batch(order, i)
+            if self.shuffle and self.world > 1:
+                glob = order[i * self.global_batch:(i + 1) * self.global_batch]
+                per = math.ceil(len(glob) / self.world)
+                idx = glob[self.rank * per:(self.rank + 1) * per]
+            else:
+                idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield i, idx
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
@@ -108,17 +106,11 @@ class EpochBatches:
 
     def epoch(self, epoch: int, start: int = 0):
         if self.tensor:
-            # index_batches, inline: the training loop's own generator is the only one resumed a batch
-            tensors, move, sampler = list(self.data.tensors.items()), self.device.type != "cpu", self.sampler
-            order, split, size = sampler.order(epoch), sampler.shuffle and sampler.world > 1, sampler.batch_size
-            for i in range(start, sampler.num_batches):
-                idx = sampler.batch(order, i) if split else order[i * size:(i + 1) * size]
+            tensors, move = self.data.tensors, self.device.type != "cpu"
+            for i, idx in self.sampler.index_batches(epoch, start):
                 if move:
                     idx = idx.to(self.device, non_blocking=True)
-                batch = {}
-                for k, v in tensors:  # a plain loop: a comprehension would be a call of its own a batch
-                    batch[k] = v[idx]
-                yield i, batch
+                yield i, {k: v[idx] for k, v in tensors.items()}
         else:
             self.sampler.set_epoch(epoch, start)
             for i, batch in enumerate(self.loader, start):
