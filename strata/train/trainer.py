@@ -154,7 +154,7 @@ class Trainer:
         # Nothing to enter around a phase and nothing between its backward pass and its optimiser step (one
         # process, fp32, one optimiser, no clipping, the "stop" guard): a task's loss tensor then goes
         # straight to backward and the optimiser, without the context managers and checks that would do
-        # nothing. On a small model that is most of what a step costs beyond a plain loop's.
+        # nothing (on a small model a large part of what a step cost beyond a plain loop: BENCHMARKS.md).
         self._bare = (self.strategy.idle_phases and self.precision.plain and not self.multi_opt
                       and t.grad_clip == 0 and not self.guard.skips)
         name = self.phase_names[0]
