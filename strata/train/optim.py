@@ -72,8 +72,13 @@ class Schedule:
         self.sched = sched
         self.per = per
 
+    @property
+    def each_step(self) -> bool:
+        """Whether step() does anything: a learning rate that changes every optimiser step."""
+        return self.per == "step" and self.sched is not None
+
     def step(self):
-        if self.per == "step" and self.sched is not None:
+        if self.each_step:
             self.sched.step()
 
     def epoch_end(self):

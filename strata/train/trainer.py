@@ -160,7 +160,7 @@ class Trainer:
         name = self.phase_names[0]
         self._accum, self._bare_opt, schedule = t.grad_accum, self.optimizers[name], self.schedules[name]
         # what follows the optimiser step there: a per-step learning-rate schedule, a task's own update
-        self._bare_after = [schedule.sched.step] if schedule.per == "step" and schedule.sched is not None else []
+        self._bare_after = [schedule.step] if schedule.each_step else []
         if type(self.task).after_optimizer_step is not Task.after_optimizer_step:
             self._bare_after.append(functools.partial(self.task.after_optimizer_step, name))
         if t.compile:
